@@ -1,0 +1,490 @@
+"""Database access: engine from ``DATABASE_URL``, a fail-fast connection check, bar storage, reads and run locks.
+
+PostgreSQL (psycopg2) for real deployments; an embedded SQLite file when ``DATABASE_URL`` is unset. Every write
+is a transaction; :func:`upsert_price_bars` validates bars first and never rewrites an unchanged row.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime as dt
+import fcntl
+import io
+import os
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import sqlalchemy as sa
+
+import create_tt_tables as tables
+from settings import ExitCode, UserError, mask_secret
+
+PRICE_COLUMNS = ("open", "high", "low", "close")
+VALUE_COLUMNS = ("open", "high", "low", "close", "adj_close", "volume")
+OHLC_TOLERANCE = 1e-4  # relative slack for open/close vs [low, high]: absorbs rounding, not bad prints
+DEFAULT_BATCH_ROWS = 50_000
+
+
+# ---------------------------------------------------------------------------------------------------- engine
+
+
+def database_url(settings: Any) -> tuple[str, bool]:
+    """The SQLAlchemy URL to use and whether it is the embedded SQLite default.
+
+    ``postgresql://`` and ``postgres://`` URLs are given the psycopg2 driver explicitly.
+    """
+    url = (getattr(settings, "database_url", None) or "").strip()
+    if not url:
+        return f"sqlite:///{Path(settings.sqlite_path).expanduser().resolve()}", True
+    return normalize_url(url), False
+
+
+def normalize_url(url: str) -> str:
+    """Give ``postgresql://`` and ``postgres://`` URLs the psycopg2 driver (SQLAlchemy 2.1 would pick psycopg 3)."""
+    for prefix in ("postgres://", "postgresql://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg2://" + url[len(prefix) :]
+    return url
+
+
+def make_engine(url: str) -> sa.Engine:
+    """Create an engine with settings fit for this project (connect timeout, SQLite WAL and busy timeout)."""
+    url = normalize_url(url)
+    if url.startswith("sqlite"):
+        path = sa.make_url(url).database
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        engine = sa.create_engine(url, connect_args={"timeout": 30})
+
+        @sa.event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.close()
+
+        return engine
+    connect_args = {"connect_timeout": 5} if url.startswith("postgresql") else {}
+    return sa.create_engine(url, connect_args=connect_args, pool_pre_ping=True)
+
+
+_PG_PROBLEMS: tuple[tuple[tuple[str, ...], ExitCode, str], ...] = (
+    (("does not exist",), ExitCode.DB_MISSING, "database does not exist"),
+    (
+        ("password authentication failed", "no password supplied", "pg_hba.conf", "role", "authentication"),
+        ExitCode.DB_AUTH,
+        "authentication failed",
+    ),
+    (
+        ("could not connect", "connection refused", "could not translate host", "timeout expired", "unreachable",
+         "no route to host", "connection to server"),
+        ExitCode.DB_UNREACHABLE,
+        "host unreachable",
+    ),
+)  # fmt: skip
+
+
+def classify_connection_error(url: str, exc: BaseException) -> UserError:
+    """Turn a driver error at connect time into a :class:`UserError` naming the problem and its exit code."""
+    text = str(getattr(exc, "orig", exc) or exc).strip()
+    lowered = text.lower()
+    shown = mask_secret(url)
+    if url.startswith("sqlite"):
+        if "readonly" in lowered or "read-only" in lowered:
+            return UserError(f"database {shown} is read-only: {text}", ExitCode.DB_READONLY)
+        return UserError(f"cannot open SQLite database {shown}: {text}", ExitCode.DB_ERROR)
+    for needles, code, what in _PG_PROBLEMS:
+        if code == ExitCode.DB_MISSING and "database" not in lowered:
+            continue
+        if any(n in lowered for n in needles):
+            return UserError(f"database {shown}: {what}: {text.splitlines()[0]}", code)
+    return UserError(f"database {shown}: {text.splitlines()[0] if text else type(exc).__name__}", ExitCode.DB_ERROR)
+
+
+def check_connection(engine: sa.Engine) -> None:
+    """Connect once and check the database accepts writes; raise :class:`UserError` naming the problem if not."""
+    url = engine.url.render_as_string(hide_password=False)
+    try:
+        with engine.connect() as conn:
+            if conn.dialect.name == "postgresql":
+                read_only = conn.execute(sa.text("SELECT current_setting('transaction_read_only')")).scalar()
+                if read_only == "on" or conn.execute(sa.text("SELECT pg_is_in_recovery()")).scalar():
+                    raise UserError(f"database {mask_secret(url)} is read-only", ExitCode.DB_READONLY)
+            else:
+                conn.execute(sa.text("SELECT 1"))
+                path = engine.url.database
+                if path and path != ":memory:" and Path(path).exists() and not os.access(path, os.W_OK):
+                    raise UserError(
+                        f"database {mask_secret(url)} is read-only (file not writable)", ExitCode.DB_READONLY
+                    )
+    except sa.exc.SQLAlchemyError as exc:
+        raise classify_connection_error(url, exc) from None
+
+
+def connect(settings: Any, *, create_schema: bool = True, announce: Any = print) -> sa.Engine:
+    """Engine for ``settings.database_url`` (embedded SQLite when unset), checked, with the schema up to date."""
+    url, embedded = database_url(settings)
+    if embedded:
+        announce(f"Using embedded SQLite database at {sa.make_url(url).database} (set DATABASE_URL for PostgreSQL)")
+    engine = make_engine(url)
+    check_connection(engine)
+    if create_schema:
+        try:
+            changes = tables.ensure_schema(engine)
+        except sa.exc.SQLAlchemyError as exc:
+            raise classify_connection_error(url, exc) from None
+        if changes:
+            announce("Database schema: " + "; ".join(changes))
+    return engine
+
+
+# ---------------------------------------------------------------------------------------------------- bars
+
+
+@dataclasses.dataclass
+class UpsertResult:
+    """Outcome of :func:`upsert_price_bars`.
+
+    ``per_symbol`` has one row per symbol with ``inserted, updated, unchanged, rejected``; ``rejected_rows`` has
+    ``symbol, date, reason``. When a batch fails, ``error`` says why and ``not_stored_symbols`` lists every symbol
+    with rows in that batch or a later one (earlier batches stay committed).
+    """
+
+    inserted: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    rejected: int = 0
+    rejected_rows: pd.DataFrame = dataclasses.field(
+        default_factory=lambda: pd.DataFrame(columns=["symbol", "date", "reason"])
+    )
+    per_symbol: pd.DataFrame = dataclasses.field(
+        default_factory=lambda: pd.DataFrame(columns=["inserted", "updated", "unchanged", "rejected"])
+    )
+    error: str | None = None
+    not_stored_symbols: list[str] = dataclasses.field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """True when every valid row was stored."""
+        return self.error is None
+
+
+def _normalized_dates(values: pd.Series) -> pd.Series:
+    if pd.api.types.is_datetime64_any_dtype(values):
+        return values.dt.tz_localize(None).dt.normalize() if values.dt.tz is not None else values.dt.normalize()
+    return pd.to_datetime(values, errors="coerce", format="mixed").dt.normalize()
+
+
+def validate_bars(bars: pd.DataFrame) -> tuple[np.ndarray, pd.DataFrame]:
+    """Check bars before writing.
+
+    :return: (boolean mask of valid rows, rejected rows as ``symbol, date, reason``). Rules, first match wins:
+        missing symbol or date; missing or non-positive open/high/low/close (or adj_close when given);
+        high < low; open or close outside [low, high] by more than :data:`OHLC_TOLERANCE`; missing or negative
+        volume; duplicate (symbol, date): identical copies keep the first, conflicting copies are all rejected.
+    """
+    missing = [c for c in ("symbol", "date", *PRICE_COLUMNS, "volume") if c not in bars.columns]
+    if missing:
+        raise UserError(f"bars are missing column(s): {', '.join(missing)}")
+    dates = _normalized_dates(bars["date"])
+    symbol = bars["symbol"]
+    prices = bars.loc[:, list(PRICE_COLUMNS)].apply(pd.to_numeric, errors="coerce")
+    o, h, lo, c = (prices[col].to_numpy(dtype="float64") for col in PRICE_COLUMNS)
+    adj = pd.to_numeric(bars["adj_close"], errors="coerce").to_numpy("float64") if "adj_close" in bars else None
+    volume = pd.to_numeric(bars["volume"], errors="coerce").to_numpy("float64")
+    slack = OHLC_TOLERANCE * np.abs(h)
+    with np.errstate(invalid="ignore"):
+        conditions = [
+            (symbol.isna() | (symbol.astype("string").str.strip() == "")).to_numpy(bool),
+            dates.isna().to_numpy(bool),
+            np.isnan(prices.to_numpy("float64")).any(axis=1),
+            (prices.to_numpy("float64") <= 0).any(axis=1) | (adj is not None and (adj <= 0)),
+            h < lo,
+            (o > h + slack) | (o < lo - slack) | (c > h + slack) | (c < lo - slack),
+            np.isnan(volume),
+            volume < 0,
+        ]
+    reasons = [
+        "missing symbol",
+        "missing or unparseable date",
+        "missing price",
+        "non-positive price",
+        "high < low",
+        "open/close outside [low, high]",
+        "missing volume",
+        "negative volume",
+    ]
+    reason = np.select(conditions, reasons, default="")
+    key = pd.DataFrame({"symbol": symbol.to_numpy(), "date": dates.to_numpy()})
+    dup_any = key.duplicated(keep=False).to_numpy() & (reason == "")
+    if dup_any.any():
+        values = pd.concat(
+            [key, bars.loc[:, [c for c in VALUE_COLUMNS if c in bars.columns]].reset_index(drop=True)], axis=1
+        )
+        candidates = values[dup_any]
+        conflicting = candidates.drop_duplicates().duplicated(["symbol", "date"], keep=False)
+        bad_keys = candidates.drop_duplicates()[conflicting][["symbol", "date"]].drop_duplicates()
+        in_conflict = key.merge(bad_keys.assign(_c=True), how="left", on=["symbol", "date"])["_c"].fillna(False)
+        reason = np.where(dup_any & in_conflict.to_numpy(bool), "conflicting duplicate (symbol, date)", reason)
+        extra_copy = values.duplicated(keep="first").to_numpy() & dup_any & (reason == "")
+        reason = np.where(extra_copy, "duplicate (symbol, date)", reason)
+    bad = reason != ""
+    rejected = pd.DataFrame(
+        {"symbol": symbol[bad].to_numpy(), "date": bars["date"][bad].to_numpy(), "reason": reason[bad]}
+    )
+    return ~bad, rejected
+
+
+def _batch_frame(bars: pd.DataFrame, rows: np.ndarray, source: str | None) -> pd.DataFrame:
+    part = bars.iloc[rows]
+    out = pd.DataFrame({"symbol": part["symbol"].astype(str).str.strip().to_numpy()})
+    out["date"] = _normalized_dates(part["date"]).dt.strftime("%Y-%m-%d").to_numpy()
+    for col in VALUE_COLUMNS:
+        values = part[col] if col in part.columns else pd.Series(np.nan, index=part.index)
+        out[col] = pd.to_numeric(values, errors="coerce").to_numpy("float64")
+    out["source"] = part["source"].to_numpy() if "source" in part.columns else source
+    return out
+
+
+_PG_STAGE = (
+    "CREATE TEMP TABLE IF NOT EXISTS tt_prices_stage "
+    "(symbol text, date date, open float8, high float8, low float8, close float8, adj_close float8, volume float8, "
+    "source text) ON COMMIT DELETE ROWS"
+)
+_PG_MERGE = """
+WITH upserted AS (
+  INSERT INTO tt_prices AS p (symbol, date, open, high, low, close, adj_close, volume, source, ingested_at)
+  SELECT symbol, date, open, high, low, close, adj_close, volume, source, %(now)s FROM tt_prices_stage
+  ON CONFLICT (symbol, date) DO UPDATE SET open = EXCLUDED.open, high = EXCLUDED.high, low = EXCLUDED.low,
+    close = EXCLUDED.close, adj_close = EXCLUDED.adj_close, volume = EXCLUDED.volume, source = EXCLUDED.source,
+    ingested_at = EXCLUDED.ingested_at
+  WHERE (p.open, p.high, p.low, p.close, p.adj_close, p.volume)
+    IS DISTINCT FROM (EXCLUDED.open, EXCLUDED.high, EXCLUDED.low, EXCLUDED.close, EXCLUDED.adj_close, EXCLUDED.volume)
+  RETURNING p.symbol, (xmax = 0) AS inserted
+)
+SELECT symbol, count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) FROM upserted GROUP BY symbol
+"""
+
+
+def _store_batch_postgres(conn: sa.Connection, batch: pd.DataFrame, now: dt.datetime) -> pd.DataFrame:
+    buffer = io.StringIO()
+    batch.to_csv(buffer, header=False, index=False)
+    buffer.seek(0)
+    cursor = conn.connection.dbapi_connection.cursor()
+    try:
+        cursor.execute(_PG_STAGE)
+        cursor.copy_expert("COPY tt_prices_stage FROM STDIN WITH (FORMAT csv)", buffer)
+        cursor.execute(_PG_MERGE, {"now": now})
+        changed = pd.DataFrame(cursor.fetchall(), columns=["symbol", "inserted", "updated"])
+    finally:
+        cursor.close()
+    return changed.set_index("symbol")
+
+
+def _store_batch_sqlite(conn: sa.Connection, batch: pd.DataFrame, now: dt.datetime) -> pd.DataFrame:
+    # Compare with what is stored first, so unchanged rows are neither rewritten nor counted as updates.
+    keys = pd.DataFrame({"symbol": batch["symbol"].unique()})
+    stored = pd.read_sql_query(
+        sa.select(tables.prices.c.symbol, tables.prices.c.date, *(tables.prices.c[c] for c in VALUE_COLUMNS))
+        .where(tables.prices.c.symbol.in_(keys["symbol"].tolist()))
+        .where(tables.prices.c.date.between(batch["date"].min(), batch["date"].max())),
+        conn,
+        dtype={c: "float64" for c in VALUE_COLUMNS},
+    )
+    stored["date"] = stored["date"].astype(str)
+    merged = batch.merge(stored, how="left", on=["symbol", "date"], suffixes=("", "_old"), indicator=True)
+    is_new = (merged["_merge"] == "left_only").to_numpy()
+    differs = np.zeros(len(merged), dtype=bool)
+    for col in VALUE_COLUMNS:
+        new, old = merged[col].to_numpy(), merged[f"{col}_old"].to_numpy()
+        differs |= ~((new == old) | (np.isnan(new) & np.isnan(old)))
+    write = merged[is_new | differs]
+    if len(write):
+        stamp = now.strftime("%Y-%m-%d %H:%M:%S.%f")
+        rows = write[["symbol", "date", *VALUE_COLUMNS, "source"]].astype(object).where(write.notna(), None)
+        conn.exec_driver_sql(
+            "INSERT INTO tt_prices (symbol, date, open, high, low, close, adj_close, volume, source, ingested_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (symbol, date) DO UPDATE SET open = excluded.open, "
+            "high = excluded.high, low = excluded.low, close = excluded.close, adj_close = excluded.adj_close, "
+            "volume = excluded.volume, source = excluded.source, ingested_at = excluded.ingested_at",
+            [(*row, stamp) for row in rows.itertuples(index=False, name=None)],
+        )
+    counts = pd.DataFrame({"symbol": merged["symbol"], "inserted": is_new, "updated": differs & ~is_new})
+    return counts.groupby("symbol").sum()
+
+
+def upsert_price_bars(
+    engine: sa.Engine, bars: pd.DataFrame, *, source: str | None = None, batch_rows: int = DEFAULT_BATCH_ROWS
+) -> UpsertResult:
+    """Validate and store daily bars into ``tt_prices``, one transaction per batch.
+
+    :param bars: columns ``symbol, date, open, high, low, close, adj_close, volume`` (``adj_close`` may be null,
+        an optional ``source`` column overrides ``source``).
+    :param source: value for the ``source`` column.
+    :param batch_rows: rows per transaction (PostgreSQL: COPY into a temp table, then one INSERT ... ON CONFLICT
+        DO UPDATE ... WHERE the values differ; SQLite: compare with stored rows, then a batched upsert).
+    :return: counts of inserted, updated, unchanged and rejected rows (see :class:`UpsertResult`).
+    """
+    bars = bars.reset_index(drop=True)
+    valid, rejected = validate_bars(bars)
+    result = UpsertResult(rejected=len(rejected), rejected_rows=rejected)
+    store = _store_batch_postgres if engine.dialect.name == "postgresql" else _store_batch_sqlite
+    valid_rows = np.flatnonzero(valid)
+    counts: list[pd.DataFrame] = []
+    now = dt.datetime.now(dt.UTC)
+    for start in range(0, len(valid_rows), batch_rows):
+        batch = _batch_frame(bars, valid_rows[start : start + batch_rows], source)
+        try:
+            with engine.begin() as conn:
+                changed = store(conn, batch, now)
+        except sa.exc.SQLAlchemyError as exc:
+            result.error = f"storing batch {start // batch_rows + 1} failed: {str(getattr(exc, 'orig', exc)).strip()}"
+            result.not_stored_symbols = sorted(set(bars["symbol"].iloc[valid_rows[start:]].astype(str)))
+            break
+        sizes = batch.groupby("symbol").size().rename("rows")
+        counts.append(changed.reindex(sizes.index, fill_value=0).join(sizes))
+    result.per_symbol = _per_symbol_counts(counts, rejected)
+    result.inserted = int(result.per_symbol["inserted"].sum())
+    result.updated = int(result.per_symbol["updated"].sum())
+    result.unchanged = int(result.per_symbol["unchanged"].sum())
+    return result
+
+
+def _per_symbol_counts(counts: list[pd.DataFrame], rejected: pd.DataFrame) -> pd.DataFrame:
+    columns = ["inserted", "updated", "unchanged", "rejected"]
+    if counts:
+        stored = pd.concat(counts).groupby(level=0).sum()
+        stored["unchanged"] = stored.pop("rows") - stored["inserted"] - stored["updated"]
+    else:
+        stored = pd.DataFrame(columns=["inserted", "updated", "unchanged"], dtype="int64")
+    rejected_counts = rejected.groupby(rejected["symbol"].astype(str)).size().rename("rejected")
+    out = stored.join(rejected_counts, how="outer").fillna(0).astype("int64")
+    out.index.name = "symbol"
+    return out.reindex(columns=columns)
+
+
+def read_price_bars(
+    engine: sa.Engine | sa.Connection,
+    symbols: Sequence[str] | None = None,
+    start: dt.date | None = None,
+    end: dt.date | None = None,
+) -> pd.DataFrame:
+    """Stored bars in long format (``symbol, date, open, high, low, close, adj_close, volume``), sorted by
+    symbol then date; ``date`` as ``datetime64``. ``start``/``end`` are inclusive."""
+    p = tables.prices
+    query = sa.select(p.c.symbol, p.c.date, *(p.c[c] for c in VALUE_COLUMNS)).order_by(p.c.symbol, p.c.date)
+    if symbols is not None:
+        query = query.where(p.c.symbol.in_(list(symbols)))
+    if start is not None:
+        query = query.where(p.c.date >= start)
+    if end is not None:
+        query = query.where(p.c.date <= end)
+    with _connection(engine) as conn:
+        frame = pd.read_sql_query(query, conn, dtype={c: "float64" for c in VALUE_COLUMNS})
+    frame["date"] = pd.to_datetime(frame["date"])
+    frame["symbol"] = frame["symbol"].astype(str)
+    return frame
+
+
+def stored_date_ranges(engine: sa.Engine | sa.Connection, symbols: Iterable[str] | None = None) -> pd.DataFrame:
+    """First date, last date and bar count per stored symbol (index ``symbol``)."""
+    p = tables.prices
+    query = sa.select(
+        p.c.symbol, sa.func.min(p.c.date).label("first_date"), sa.func.max(p.c.date).label("last_date"),
+        sa.func.count().label("bars"),
+    ).group_by(p.c.symbol)  # fmt: skip
+    if symbols is not None:
+        query = query.where(p.c.symbol.in_(list(symbols)))
+    with _connection(engine) as conn:
+        rows = conn.execute(query).all()
+    frame = pd.DataFrame(rows, columns=["symbol", "first_date", "last_date", "bars"]).set_index("symbol")
+    for col in ("first_date", "last_date"):
+        frame[col] = pd.to_datetime(frame[col]).dt.date
+    return frame
+
+
+def upsert_rows(
+    conn: sa.Connection, table: sa.Table, rows: Sequence[Mapping[str, Any]], key_columns: Sequence[str]
+) -> None:
+    """Insert rows or update the given columns of existing ones (``ON CONFLICT DO UPDATE`` on both dialects)."""
+    if not rows:
+        return
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    by_shape: dict[tuple[str, ...], list[Mapping[str, Any]]] = {}
+    for row in rows:
+        by_shape.setdefault(tuple(sorted(row)), []).append(row)
+    for shape, group in by_shape.items():
+        stmt = insert(table)
+        updates = {c: stmt.excluded[c] for c in shape if c not in key_columns}
+        stmt = stmt.on_conflict_do_update(index_elements=list(key_columns), set_=updates) if updates else (
+            stmt.on_conflict_do_nothing(index_elements=list(key_columns))
+        )  # fmt: skip
+        conn.execute(stmt, list(group))
+
+
+@contextlib.contextmanager
+def _connection(engine: sa.Engine | sa.Connection) -> Iterator[sa.Connection]:
+    if isinstance(engine, sa.Connection):
+        yield engine
+    else:
+        with engine.connect() as conn:
+            yield conn
+
+
+# ---------------------------------------------------------------------------------------------------- locks
+
+
+@contextlib.contextmanager
+def run_lock(engine: sa.Engine, name: str) -> Iterator[None]:
+    """Hold an exclusive, non-blocking lock named ``name`` for the duration of a run.
+
+    PostgreSQL: a session advisory lock on a dedicated connection. SQLite: ``flock`` on a file next to the
+    database. A second run raises :class:`UserError` with ``ExitCode.LOCKED`` at once instead of waiting.
+    """
+    if engine.dialect.name == "postgresql":
+        with engine.connect() as conn:
+            # Keyed by schema too, so separate schemas of one database (and parallel tests) do not collide.
+            key = conn.execute(sa.text("SELECT hashtext(:n || '@' || current_schema())"), {"n": name}).scalar()
+            got = conn.execute(sa.text("SELECT pg_try_advisory_lock(:k)"), {"k": key}).scalar()
+            conn.commit()
+            if not got:
+                raise UserError(
+                    f"another run holds the lock {name!r} on this PostgreSQL database; this run did nothing "
+                    "(wait for it to finish, or look for a stuck process)",
+                    ExitCode.LOCKED,
+                )
+            try:
+                yield
+            finally:
+                conn.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+                conn.commit()
+        return
+    db_path = Path(engine.url.database or "memory")
+    lock_path = db_path.with_name(f"{db_path.name}.{name}.lock")
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown process"
+            raise UserError(
+                f"another run holds the lock {lock_path} ({holder}); this run did nothing", ExitCode.LOCKED
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} since {dt.datetime.now().isoformat(timespec='seconds')}")
+        handle.flush()
+        try:
+            yield
+        finally:
+            handle.seek(0)
+            handle.truncate()
+            fcntl.flock(handle, fcntl.LOCK_UN)

@@ -1,0 +1,285 @@
+"""Configuration shared by every command: settings, their precedence, exit codes and the CLI wrapper.
+
+Precedence, highest first: command-line flags > ``--config FILE`` (JSON or YAML) > environment variables >
+``.env`` (python-dotenv) > defaults. A config file named on the command line counts as part of the command
+line, so it beats the environment; an explicit flag beats both.
+
+Each command describes its settings as a frozen dataclass whose fields carry metadata (help text, the
+environment variable that may set them, whether they are secret). :func:`add_arguments` turns such a
+dataclass into argparse flags and :func:`resolve` builds the effective, immutable configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime as dt
+import json
+import os
+import re
+import sys
+import types
+import typing
+from collections.abc import Callable, Mapping
+from enum import IntEnum
+from pathlib import Path
+from typing import Any, Literal
+
+REPO_ROOT = Path(__file__).resolve().parent
+
+
+class ExitCode(IntEnum):
+    """Exit codes of every command (documented in docs/exit_codes.md)."""
+
+    OK = 0
+    ERROR = 1  # unexpected internal error: a bug, reported with a traceback
+    USAGE = 2  # bad flag, config file, watchlist, date or input file
+    PARTIAL = 3  # some symbols failed; the others were stored
+    LOCKED = 4  # another run holds the pipeline lock
+    SOURCE_UNAVAILABLE = 5  # data source unreachable or not installed
+    REFUSED = 6  # training/evaluation refused: the data does not fit the request
+    NOT_FOUND = 7  # run id or checkpoint not found
+    DB_UNREACHABLE = 10  # database host unreachable / connection refused
+    DB_AUTH = 11  # database authentication failed
+    DB_MISSING = 12  # database does not exist
+    DB_READONLY = 13  # database is read-only
+    DB_ERROR = 14  # any other database failure
+    INTERRUPTED = 130  # Ctrl-C
+
+
+class UserError(Exception):
+    """An error the user can fix; printed without a traceback, exits with ``exit_code``."""
+
+    def __init__(self, message: str, exit_code: ExitCode = ExitCode.USAGE) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def setting(default: Any, help: str, *, env: str | None = None, secret: bool = False, flag: bool = True) -> Any:
+    """Declare a dataclass field as a setting.
+
+    :param default: value when nothing else sets it (a list/dict default must be a tuple or None).
+    :param help: one line shown by ``--help`` and by the effective-configuration printout.
+    :param env: environment variable (also read from ``.env``) that may set it.
+    :param secret: mask the value when printing (URLs keep everything but the password).
+    :param flag: expose it as a command-line flag.
+    """
+    return dataclasses.field(default=default, metadata={"help": help, "env": env, "secret": secret, "flag": flag})
+
+
+@dataclasses.dataclass(frozen=True)
+class CommonSettings:
+    """Settings every command has."""
+
+    database_url: str | None = setting(
+        None,
+        "SQLAlchemy/PostgreSQL URL, e.g. postgresql://user:pass@host:5432/db; unset = embedded SQLite file",
+        env="DATABASE_URL",
+        secret=True,
+    )
+    sqlite_path: Path = setting(
+        REPO_ROOT / "var" / "tt_mvp.sqlite",
+        "embedded SQLite file when DATABASE_URL is unset)",
+        env="TT_SQLITE_PATH",
+    )
+    log_dir: Path = setting(REPO_ROOT / "var" / "log", "folder for log files", env="TT_LOG_DIR")
+    verbose: bool = setting(False, "more detail on stdout")
+
+
+def _flag_name(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            return args[0], True
+    return tp, False
+
+
+def parse_date(text: str, what: str = "date") -> dt.date:
+    """Parse ``YYYY-MM-DD`` with an error that names the setting and the bad value."""
+    if isinstance(text, dt.date):
+        return text
+    try:
+        return dt.date.fromisoformat(str(text).strip())
+    except ValueError:
+        raise UserError(f"{what}: {text!r} is not a date in YYYY-MM-DD form") from None
+
+
+def convert(value: Any, tp: Any, name: str) -> Any:
+    """Convert a raw string/JSON value to the field type ``tp``; errors name the setting."""
+    inner, optional = _unwrap_optional(tp)
+    if value is None or (optional and isinstance(value, str) and value.strip().lower() in ("", "none", "null")):
+        if optional:
+            return None
+        raise UserError(f"setting {name}: a value is required")
+    origin = typing.get_origin(inner)
+    try:
+        if inner is bool:
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(value)
+        if inner is dt.date:
+            return parse_date(value, f"setting {name}")
+        if origin is Literal:
+            choices = typing.get_args(inner)
+            if value not in choices:
+                raise UserError(f"setting {name}: {value!r} is not one of {', '.join(map(str, choices))}")
+            return value
+        if origin is tuple:
+            item_type = typing.get_args(inner)[0]
+            items = value if isinstance(value, list | tuple) else re.split(r"[,\s]+", str(value).strip())
+            return tuple(convert(v, item_type, name) for v in items if v != "")
+        if inner is Path:
+            return Path(str(value)).expanduser()
+        return inner(value)
+    except UserError:
+        raise
+    except (TypeError, ValueError):
+        raise UserError(f"setting {name}: {value!r} is not a valid {getattr(inner, '__name__', inner)}") from None
+
+
+def add_arguments(parser: argparse.ArgumentParser, cls: type, *, exclude: tuple[str, ...] = ()) -> None:
+    """Add one flag per setting of ``cls`` (defaults suppressed so :func:`resolve` can tell what was given)."""
+    hints = _field_types(cls)
+    for f in dataclasses.fields(cls):
+        if not f.metadata.get("flag", True) or f.name in exclude:
+            continue
+        tp, _ = _unwrap_optional(hints[f.name])
+        env = f.metadata.get("env")
+        help_text = f.metadata.get("help", "") + (f" [env {env}]" if env else "")
+        if not f.metadata.get("secret"):
+            help_text += f" (default: {f.default})"
+        kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS, "help": help_text}
+        if tp is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif typing.get_origin(tp) is Literal:
+            kwargs["choices"] = typing.get_args(tp)
+        parser.add_argument(_flag_name(f.name), **kwargs)
+    parser.add_argument("--config", dest="config_file", type=Path, default=None, help="JSON or YAML file of settings")
+    parser.add_argument(
+        "--print-config", action="store_true", help="print the effective configuration (secrets masked) and exit"
+    )
+
+
+def load_config_file(path: Path) -> dict[str, Any]:
+    """Read a JSON or YAML mapping; syntax errors name the file and line."""
+    import yaml
+
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except OSError as exc:
+        raise UserError(f"config file {path}: cannot read ({exc.strerror})") from None
+    try:
+        data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
+    except json.JSONDecodeError as exc:
+        raise UserError(f"config file {path}, line {exc.lineno}: {exc.msg}") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f", line {mark.line + 1}" if mark is not None else ""
+        raise UserError(f"config file {path}{where}: {getattr(exc, 'problem', exc)}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError(f"config file {path}: expected a mapping of setting: value at the top level")
+    return {str(k).replace("-", "_"): v for k, v in data.items()}
+
+
+def dotenv_values_for(cwd: Path | None = None) -> dict[str, str]:
+    """Values from ``.env`` in the working directory, else the repository root (never overrides os.environ)."""
+    from dotenv import dotenv_values
+
+    for folder in (cwd or Path.cwd(), REPO_ROOT):
+        candidate = folder / ".env"
+        if candidate.is_file():
+            return {k: v for k, v in dotenv_values(candidate).items() if v is not None}
+    return {}
+
+
+def resolve(
+    cls: type,
+    args: argparse.Namespace | Mapping[str, Any] | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    dotenv: Mapping[str, str] | None = None,
+) -> tuple[Any, dict[str, str]]:
+    """Build the effective settings object and where each value came from.
+
+    :return: (instance of ``cls``, {field name: "flag" | "config FILE" | "env VAR" | ".env VAR" | "default"}).
+    """
+    given = dict(vars(args) if isinstance(args, argparse.Namespace) else (args or {}))
+    config_path = given.pop("config_file", None)
+    given.pop("print_config", None)
+    file_values = load_config_file(Path(config_path)) if config_path else {}
+    environ = os.environ if environ is None else environ
+    dotenv = dotenv_values_for() if dotenv is None else dotenv
+    hints = _field_types(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(file_values) - names)
+    if unknown:
+        raise UserError(f"config file {config_path}: unknown setting(s) {', '.join(unknown)}")
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    for f in dataclasses.fields(cls):
+        env = f.metadata.get("env")
+        if f.name in given:
+            raw, source = given[f.name], "flag"
+        elif f.name in file_values:
+            raw, source = file_values[f.name], f"config {config_path}"
+        elif env and env in environ:
+            raw, source = environ[env], f"env {env}"
+        elif env and env in dotenv:
+            raw, source = dotenv[env], f".env {env}"
+        else:
+            values[f.name], sources[f.name] = f.default, "default"
+            continue
+        values[f.name], sources[f.name] = convert(raw, hints[f.name], _flag_name(f.name)), source
+    try:
+        return cls(**values), sources
+    except (TypeError, ValueError) as exc:
+        raise UserError(f"invalid settings: {exc}") from None
+
+
+def mask_secret(value: Any) -> str:
+    """Hide a secret: URLs keep scheme, user, host and database; everything else becomes ``***``."""
+    if value is None:
+        return "None"
+    text = str(value)
+    if "://" in text:
+        return re.sub(r"(://[^:/@]*):[^@]*@", r"\1:***@", text)
+    return "***"
+
+
+def format_config(settings: Any, sources: Mapping[str, str] | None = None) -> str:
+    """One line per setting, ``name = value   (source)``, secrets masked."""
+    lines = []
+    for f in dataclasses.fields(settings):
+        value = getattr(settings, f.name)
+        shown = mask_secret(value) if f.metadata.get("secret") else repr(value)
+        origin = f"   ({sources[f.name]})" if sources and f.name in sources else ""
+        lines.append(f"{f.name} = {shown}{origin}")
+    return "\n".join(lines)
+
+
+def run_cli(main: Callable[[list[str] | None], int], argv: list[str] | None = None) -> int:
+    """Run a command's ``main``: user errors print one clear line and their exit code; Ctrl-C exits 130."""
+    try:
+        return int(main(argv))
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return int(exc.exit_code)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return int(ExitCode.INTERRUPTED)

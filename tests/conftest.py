@@ -1,0 +1,77 @@
+"""Shared fixtures: a real PostgreSQL server (fresh schema per test) and SQLite files.
+
+PostgreSQL comes from ``TT_TEST_DATABASE_URL`` (default ``postgresql://postgres@127.0.0.1:5432/test``). When it is
+unreachable the PostgreSQL tests are skipped locally, but fail when ``CI=true``: CI must never pass without them.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+import db_utils
+
+PG_URL = os.environ.get("TT_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
+REPO = Path(__file__).resolve().parent.parent
+SAMPLE_CSV = REPO / "data" / "sample_daily_bars.csv.gz"
+SCALE_CSV = REPO.parent / "shared" / "data" / "scale_daily_bars.csv.gz"
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> str:
+    """The PostgreSQL server URL, checked once per session."""
+    engine = db_utils.make_engine(PG_URL)
+    try:
+        with engine.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
+    except sa.exc.OperationalError as exc:
+        message = f"PostgreSQL at {PG_URL} unreachable: {str(exc.orig).strip()}"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message + " (CI=true: PostgreSQL tests must run)")
+        pytest.skip(message)
+    finally:
+        engine.dispose()
+    return PG_URL
+
+
+@pytest.fixture
+def pg_url(pg_server: str) -> Iterator[str]:
+    """A URL whose connections see only a fresh, empty schema (dropped after the test)."""
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    admin = db_utils.make_engine(pg_server)
+    with admin.begin() as conn:
+        conn.execute(sa.text(f"CREATE SCHEMA {schema}"))
+    separator = "&" if "?" in pg_server else "?"
+    yield f"{pg_server}{separator}options=-csearch_path%3D{schema}"
+    with admin.begin() as conn:
+        conn.execute(sa.text(f"DROP SCHEMA {schema} CASCADE"))
+    admin.dispose()
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    """A URL for an empty SQLite file in the test's temporary folder."""
+    return f"sqlite:///{tmp_path / 'tt_test.sqlite'}"
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def db_url(request: pytest.FixtureRequest) -> str:
+    """Each test using this runs once on SQLite and once on PostgreSQL."""
+    name = "sqlite_url" if request.param == "sqlite" else "pg_url"
+    return request.getfixturevalue(name)
+
+
+@pytest.fixture
+def engine(db_url: str) -> Iterator[sa.Engine]:
+    """An engine on a fresh database (both backends) with the schema created."""
+    import create_tt_tables
+
+    eng = db_utils.make_engine(db_url)
+    create_tt_tables.ensure_schema(eng)
+    yield eng
+    eng.dispose()
