@@ -56,7 +56,7 @@ def make_engine(url: str) -> sa.Engine:
     url = normalize_url(url)
     if url.startswith("sqlite"):
         path = sa.make_url(url).database
-        if path and path != ":memory:":
+        if path and path != ":memory:" and not path.startswith("file:"):
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         engine = sa.create_engine(url, connect_args={"timeout": 30})
 
@@ -115,12 +115,14 @@ def check_connection(engine: sa.Engine) -> None:
                 if read_only == "on" or conn.execute(sa.text("SELECT pg_is_in_recovery()")).scalar():
                     raise UserError(f"database {mask_secret(url)} is read-only", ExitCode.DB_READONLY)
             else:
-                conn.execute(sa.text("SELECT 1"))
-                path = engine.url.database
-                if path and path != ":memory:" and Path(path).exists() and not os.access(path, os.W_OK):
-                    raise UserError(
-                        f"database {mask_secret(url)} is read-only (file not writable)", ExitCode.DB_READONLY
-                    )
+                # A rolled-back header write proves the file accepts writes (root ignores file permissions,
+                # and BEGIN IMMEDIATE alone succeeds on a read-only WAL connection).
+                version = conn.exec_driver_sql("PRAGMA user_version").scalar()
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
+                try:
+                    conn.exec_driver_sql(f"PRAGMA user_version = {int(version or 0)}")
+                finally:
+                    conn.exec_driver_sql("ROLLBACK")
     except sa.exc.SQLAlchemyError as exc:
         raise classify_connection_error(url, exc) from None
 
@@ -341,7 +343,7 @@ def upsert_price_bars(
         try:
             with engine.begin() as conn:
                 changed = store(conn, batch, now)
-        except sa.exc.SQLAlchemyError as exc:
+        except (sa.exc.SQLAlchemyError, engine.dialect.loaded_dbapi.Error) as exc:
             result.error = f"storing batch {start // batch_rows + 1} failed: {str(getattr(exc, 'orig', exc)).strip()}"
             result.not_stored_symbols = sorted(set(bars["symbol"].iloc[valid_rows[start:]].astype(str)))
             break

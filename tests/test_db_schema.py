@@ -1,0 +1,163 @@
+"""Schema creation, idempotency, in-place upgrade, connection checks and run locks."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+import create_tt_tables
+import db_utils
+from settings import CommonSettings, ExitCode, UserError
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def table_names(engine: sa.Engine) -> set[str]:
+    return set(sa.inspect(engine).get_table_names())
+
+
+def test_schema_is_created_once_and_a_second_run_changes_nothing(db_url: str) -> None:
+    engine = db_utils.make_engine(db_url)
+    changes = create_tt_tables.ensure_schema(engine)
+    assert {t.name for t in create_tt_tables.metadata.sorted_tables} <= table_names(engine)
+    assert f"schema version 0 -> {create_tt_tables.SCHEMA_VERSION}" in changes
+    assert create_tt_tables.ensure_schema(engine) == []
+    with engine.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(create_tt_tables.schema_version)).scalar() == 1
+
+
+def test_database_from_an_older_version_is_upgraded_in_place_without_data_loss(db_url: str) -> None:
+    engine = db_utils.make_engine(db_url)
+    old = sa.MetaData()  # what a pre-versioning release created: fewer tables, fewer columns
+    sa.Table(
+        "tt_prices",
+        old,
+        *(sa.Column(c.name, c.type, primary_key=c.primary_key) for c in create_tt_tables.prices.columns),
+    )
+    sa.Table(
+        "tt_symbols",
+        old,
+        sa.Column("symbol", sa.String(32), primary_key=True),
+        sa.Column("exchange", sa.String(32)),
+        sa.Column("coverage", sa.Double),
+    )
+    old.create_all(engine)
+    with engine.begin() as conn:
+        conn.execute(sa.text("INSERT INTO tt_symbols (symbol, exchange, coverage) VALUES ('SPY', 'ARCA', 0.99)"))
+        conn.execute(
+            sa.text(
+                "INSERT INTO tt_prices (symbol, date, open, high, low, close, volume) "
+                "VALUES ('SPY', '2020-03-23', 228.19, 229.68, 218.26, 222.95, 1)"
+            )
+        )
+    changes = create_tt_tables.ensure_schema(engine)
+    assert "added column tt_symbols.ib_con_id" in changes
+    assert "created table tt_runs" in changes
+    assert "schema version 0 -> 1" in changes
+    with engine.connect() as conn:
+        row = conn.execute(sa.text("SELECT symbol, exchange, coverage, ib_con_id FROM tt_symbols")).one()
+        assert tuple(row) == ("SPY", "ARCA", 0.99, None)
+        assert conn.execute(sa.text("SELECT close FROM tt_prices WHERE symbol = 'SPY'")).scalar() == 222.95
+    assert create_tt_tables.ensure_schema(engine) == []
+
+
+def test_create_tt_tables_runs_on_its_own(tmp_path: Path) -> None:
+    env = {**os.environ, "DATABASE_URL": f"sqlite:///{tmp_path / 'cli.sqlite'}"}
+    command = [sys.executable, str(REPO / "create_tt_tables.py")]
+    first = subprocess.run(command, env=env, capture_output=True, text=True, check=True, cwd=tmp_path)
+    assert "created table tt_prices" in first.stdout
+    second = subprocess.run(command, env=env, capture_output=True, text=True, check=True, cwd=tmp_path)
+    assert "nothing changed" in second.stdout
+
+
+def test_unset_database_url_means_embedded_sqlite_and_says_where(tmp_path: Path) -> None:
+    messages: list[str] = []
+    settings = CommonSettings(database_url=None, sqlite_path=tmp_path / "sub" / "embedded.sqlite")
+    engine = db_utils.connect(settings, announce=messages.append)
+    assert engine.dialect.name == "sqlite"
+    assert (tmp_path / "sub" / "embedded.sqlite").exists()
+    assert str(tmp_path / "sub" / "embedded.sqlite") in messages[0] and "embedded SQLite" in messages[0]
+
+
+def test_postgres_urls_as_users_write_them_use_psycopg2() -> None:
+    for url in ("postgresql://u:p@h:5432/db", "postgres://u:p@h:5432/db"):
+        assert db_utils.make_engine(url).dialect.driver == "psycopg2"
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize(
+    ("suffix", "code", "words"),
+    [
+        ("postgresql://postgres@127.0.0.1:1/test", ExitCode.DB_UNREACHABLE, "host unreachable"),
+        ("postgresql://no_such_role_tt@127.0.0.1:5432/test", ExitCode.DB_AUTH, "authentication failed"),
+        ("postgresql://postgres@127.0.0.1:5432/no_such_db_tt", ExitCode.DB_MISSING, "database does not exist"),
+        ("READONLY", ExitCode.DB_READONLY, "read-only"),
+    ],
+)
+def test_connection_problems_are_named_with_distinct_exit_codes(
+    pg_server: str, suffix: str, code: ExitCode, words: str
+) -> None:
+    url = f"{pg_server}?options=-cdefault_transaction_read_only%3Don" if suffix == "READONLY" else suffix
+    with pytest.raises(UserError, match=words) as info:
+        db_utils.connect(CommonSettings(database_url=url))
+    assert info.value.exit_code == code
+
+
+def test_read_only_sqlite_file_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "ro.sqlite"
+    db_utils.connect(CommonSettings(database_url=f"sqlite:///{path}"))
+    with pytest.raises(UserError, match="read-only") as info:
+        db_utils.connect(CommonSettings(database_url=f"sqlite:///file:{path}?mode=ro&uri=true"))
+    assert info.value.exit_code == ExitCode.DB_READONLY
+
+
+def test_password_never_appears_in_connection_errors() -> None:
+    with pytest.raises(UserError) as info:
+        db_utils.connect(CommonSettings(database_url="postgresql://postgres:hunter2@127.0.0.1:1/test"))
+    assert "hunter2" not in str(info.value)
+
+
+def test_second_run_cannot_take_the_lock(engine: sa.Engine) -> None:
+    with db_utils.run_lock(engine, "mvp_pipeline"):
+        with (
+            pytest.raises(UserError, match="another run holds the lock") as info,
+            db_utils.run_lock(engine, "mvp_pipeline"),
+        ):
+            pass
+        assert info.value.exit_code == ExitCode.LOCKED
+        with db_utils.run_lock(engine, "train_mvp"):  # other names are independent
+            pass
+    with db_utils.run_lock(engine, "mvp_pipeline"):  # released after the run
+        pass
+
+
+def test_read_price_bars_filters_and_orders(engine: sa.Engine) -> None:
+    import pandas as pd
+
+    bars = pd.DataFrame(
+        {
+            "symbol": ["SPY", "SPY", "AGG"],
+            "date": [dt.date(2020, 1, 3), dt.date(2020, 1, 2), dt.date(2020, 1, 2)],
+            "open": [1.0, 1.0, 2.0],
+            "high": [1.5, 1.5, 2.5],
+            "low": [0.5, 0.5, 1.5],
+            "close": [1.2, 1.1, 2.2],
+            "adj_close": [None, None, 2.1],
+            "volume": [10, 20, 30],
+        }
+    )
+    assert db_utils.upsert_price_bars(engine, bars).inserted == 3
+    read = db_utils.read_price_bars(engine, ["SPY"], start=dt.date(2020, 1, 3))
+    assert read["date"].dt.date.tolist() == [dt.date(2020, 1, 3)]
+    every = db_utils.read_price_bars(engine)
+    assert list(every["symbol"]) == ["AGG", "SPY", "SPY"]
+    assert every["date"].dt.date.tolist()[1:] == [dt.date(2020, 1, 2), dt.date(2020, 1, 3)]
+    assert every.loc[1, "close"] == 1.1
+    ranges = db_utils.stored_date_ranges(engine)
+    assert ranges.loc["SPY", "first_date"] == dt.date(2020, 1, 2) and ranges.loc["SPY", "bars"] == 2
