@@ -8,7 +8,6 @@ any explicit step registered in :data:`UPGRADE_STEPS` for a newer version runs; 
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 from collections.abc import Callable
 
@@ -240,14 +239,10 @@ def ensure_schema(engine: sa.Engine) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     """Create or upgrade the tables in the configured database and say what changed."""
     import db_utils
-    from settings import CommonSettings, add_arguments, format_config, resolve
+    from settings import CommonSettings, parse_command
 
-    parser = argparse.ArgumentParser(description="Create or upgrade the tt_* tables (idempotent).")
-    add_arguments(parser, CommonSettings)
-    args = parser.parse_args(argv)
-    settings, sources = resolve(CommonSettings, args)
-    if args.print_config:
-        print(format_config(settings, sources))
+    settings = parse_command(CommonSettings, argv, "Create or upgrade the tt_* tables (idempotent).")
+    if settings is None:
         return 0
     engine = db_utils.connect(settings, create_schema=False)
     changes = ensure_schema(engine)

@@ -68,7 +68,12 @@ def make_engine(url: str) -> sa.Engine:
             cur.close()
 
         return engine
-    connect_args = {"connect_timeout": 5} if url.startswith("postgresql") else {}
+    # Keepalives make a silently dropped network path fail within ~25 s instead of hanging a write for hours.
+    connect_args = (
+        {"connect_timeout": 5, "keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5, "keepalives_count": 3}
+        if url.startswith("postgresql")
+        else {}
+    )
     return sa.create_engine(url, connect_args=connect_args, pool_pre_ping=True)
 
 
@@ -140,7 +145,14 @@ def connect(settings: Any, *, create_schema: bool = True, announce: Any = print)
         except sa.exc.SQLAlchemyError as exc:
             raise classify_connection_error(url, exc) from None
         if changes:
-            announce("Database schema: " + "; ".join(changes))
+            fresh = all(c.startswith("created table") for c in changes[:-1]) and len(changes) > len(
+                tables.metadata.tables
+            )
+            announce(
+                f"Database schema version {tables.SCHEMA_VERSION} created"
+                if fresh
+                else "Database schema: " + "; ".join(changes)
+            )
     return engine
 
 

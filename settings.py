@@ -273,6 +273,22 @@ def format_config(settings: Any, sources: Mapping[str, str] | None = None) -> st
     return "\n".join(lines)
 
 
+def parse_command(cls: type, argv: list[str] | None, description: str) -> Any | None:
+    """Parse a command's flags into its effective settings.
+
+    :return: the settings object, or None when ``--print-config`` was given (the configuration has then been
+        printed, secrets masked, and the command should exit 0).
+    """
+    parser = argparse.ArgumentParser(description=description)
+    add_arguments(parser, cls)
+    args = parser.parse_args(argv)
+    config, sources = resolve(cls, args)
+    if args.print_config:
+        print(format_config(config, sources))
+        return None
+    return config
+
+
 def run_cli(main: Callable[[list[str] | None], int], argv: list[str] | None = None) -> int:
     """Run a command's ``main``: user errors print one clear line and their exit code; Ctrl-C exits 130."""
     try:
