@@ -7,13 +7,20 @@ stale whenever a bar is corrected.
 
 from __future__ import annotations
 
+import dataclasses
+import datetime as dt
 from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
+import sqlalchemy as sa
+
+import create_tt_tables as tables
+import db_utils
 
 TRADING_DAYS_PER_YEAR = 252
 DEFAULT_VOL_WINDOWS: tuple[int, ...] = (20, 60)
+LARGE_MOVE = 0.4  # a daily move this large in either direction is reported by the ingest run
 
 
 def vol_column(window: int) -> str:
@@ -63,3 +70,60 @@ def compute_basic_features(
         rolled = by_symbol.rolling(int(w), min_periods=int(w)).std(ddof=1)
         out[vol_column(int(w))] = rolled.reset_index(level=0, drop=True).sort_index() * scale
     return out
+
+
+def large_moves(features: pd.DataFrame, threshold: float = LARGE_MOVE) -> pd.DataFrame:
+    """Rows whose simple return is at least ``threshold`` in size (possible bad prints or unadjusted splits).
+
+    :param features: output of :func:`compute_basic_features`.
+    :return: ``symbol, date, price, ret`` of those rows, largest moves first.
+    """
+    hits = features.loc[features["ret"].abs() >= threshold, ["symbol", "date", "price", "ret"]]
+    return hits.sort_values("ret", key=np.abs, ascending=False, ignore_index=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingBars:
+    """Stored bars for training: ``bars`` (long format, :func:`db_utils.read_price_bars`), the ``symbols`` they
+    contain, the ``flagged`` symbols (below the minimum coverage at the last ingest) with their coverage, and the
+    requested symbols that have no usable bars (``missing``)."""
+
+    bars: pd.DataFrame
+    symbols: tuple[str, ...]
+    flagged: dict[str, float | None]
+    missing: tuple[str, ...] = ()
+
+    def features(self, vol_windows: Sequence[int] = DEFAULT_VOL_WINDOWS) -> pd.DataFrame:
+        """:func:`compute_basic_features` of these bars."""
+        return compute_basic_features(self.bars, vol_windows)
+
+
+def load_training_bars(
+    engine: sa.Engine,
+    symbols: Sequence[str] | None = None,
+    start: dt.date | None = None,
+    end: dt.date | None = None,
+    *,
+    include_flagged: bool = False,
+) -> TrainingBars:
+    """The one way training reads stored bars: flagged (low-coverage) symbols are left out unless asked for.
+
+    :param engine: database engine (``db_utils.connect``).
+    :param symbols: symbols wanted; None = every stored symbol.
+    :param start: first date (inclusive), None = from the first stored bar.
+    :param end: last date (inclusive), None = to the last stored bar.
+    :param include_flagged: keep symbols flagged below ``--min-coverage`` by the ingest run.
+    """
+    s = tables.symbols
+    query = sa.select(s.c.symbol, s.c.coverage).where(s.c.below_min_coverage.is_(True))
+    if symbols is not None:
+        query = query.where(s.c.symbol.in_(list(symbols)))
+    with engine.connect() as conn:
+        flagged = {row.symbol: row.coverage for row in conn.execute(query)}
+    wanted = None if symbols is None else [x for x in symbols if include_flagged or x not in flagged]
+    bars = db_utils.read_price_bars(engine, wanted, start, end)
+    if symbols is None and not include_flagged:
+        bars = bars[~bars["symbol"].isin(list(flagged))].reset_index(drop=True)
+    used = tuple(sorted(bars["symbol"].unique()))
+    missing = tuple(x for x in (wanted or ()) if x not in set(used))
+    return TrainingBars(bars, used, flagged, missing)

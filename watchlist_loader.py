@@ -1,18 +1,38 @@
-"""Watchlist loading, symbol normalization, and the result type every price source returns.
+"""Watchlist loading, symbol normalization, and the sample / csv / yfinance price sources.
 
-(The watchlist parser and the sample/csv/yfinance sources are added by the ingestion issue; the IBKR source
-lives in ``ibkr_source.py`` and returns the same :class:`SymbolFetch` records.)
+Every source is called as ``fetch(entries, start, end, since)`` and yields one :class:`SymbolFetch` per entry
+(docs/architecture.md); the IBKR source lives in ``ibkr_source.py`` and returns the same records.
 """
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import datetime as dt
+import itertools
+import logging
+import re
+from collections.abc import Callable, Iterator
 from enum import StrEnum
+from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
+from settings import REPO_ROOT, ExitCode, UserError
+
+log = logging.getLogger("mvp_pipeline")
+
 BAR_COLUMNS: tuple[str, ...] = ("symbol", "date", "open", "high", "low", "close", "adj_close", "volume")
+SAMPLE_CSV = REPO_ROOT / "data" / "sample_daily_bars.csv.gz"
+WATCHLIST_COLUMNS = ("symbol", "exchange", "currency", "sec_type", "primary_exchange", "name", "notes")
+MAX_SYMBOL_LENGTH = 12
+# canonical form: a root, optionally one share-class suffix after a dot (BRK.B)
+_SYMBOL_RE = re.compile(r"^[A-Z0-9]{1,8}(\.[A-Z0-9]{1,4})?$")
+_CODE_RE = re.compile(r"^[A-Z0-9.]{1,16}$")
+_SOURCE_SEPARATOR = {"ibkr": " ", "yfinance": "-"}  # share-class separator each source wants
+
+Fetcher = Callable[[list["WatchlistEntry"], dt.date, dt.date, dict[str, dt.date]], Iterator["SymbolFetch"]]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,3 +79,276 @@ class SymbolFetch:
 def empty_bars() -> pd.DataFrame:
     """An empty frame with the bar columns."""
     return pd.DataFrame({c: pd.Series(dtype="object" if c in ("symbol", "date") else "float64") for c in BAR_COLUMNS})
+
+
+# ---------------------------------------------------------------------------------------------------- symbols
+
+
+def canonical_symbol(text: str) -> str:
+    """Canonical form of a symbol in any common notation (``brk-b``, ``BRK B``, ``BRK/B`` -> ``BRK.B``).
+
+    :raise ValueError: when the result is not a valid symbol (letters, digits, one share-class suffix).
+    """
+    cleaned = re.sub(r"\s+", " ", str(text).strip().upper())
+    cleaned = re.sub(r"^([A-Z0-9]+)[ \-/.]([A-Z0-9]{1,4})$", r"\1.\2", cleaned)
+    if len(cleaned) > MAX_SYMBOL_LENGTH or not _SYMBOL_RE.match(cleaned):
+        raise ValueError(
+            f"invalid symbol {text!r}: use letters and digits, optionally one share class (BRK.B, BRK-B or BRK B), "
+            f"at most {MAX_SYMBOL_LENGTH} characters"
+        )
+    return cleaned
+
+
+def to_source_symbol(symbol: str, source: str) -> str:
+    """A canonical symbol in the notation ``source`` expects: ``BRK B`` for ibkr, ``BRK-B`` for yfinance."""
+    return symbol.replace(".", _SOURCE_SEPARATOR.get(source, "."))
+
+
+# ---------------------------------------------------------------------------------------------------- watchlist
+
+
+def _entry_from_row(row: dict[str, str], where: str, line: int) -> WatchlistEntry:
+    def code(column: str, default: str) -> str:
+        value = (row.get(column) or "").strip().upper() or default
+        if value and not _CODE_RE.match(value):
+            raise UserError(f"{where}: invalid {column} {value!r}")
+        return value
+
+    try:
+        symbol = canonical_symbol(row.get("symbol") or "")
+    except ValueError as exc:
+        raise UserError(f"{where}: {exc}") from None
+    currency = code("currency", "USD")
+    if not re.fullmatch(r"[A-Z]{3}", currency):
+        raise UserError(f"{where}: currency {currency!r} is not a 3-letter code")
+    name = (row.get("name") or row.get("notes") or "").strip()
+    return WatchlistEntry(
+        symbol, code("exchange", "SMART"), currency, code("sec_type", "STK"), code("primary_exchange", ""), name, line
+    )
+
+
+def _data_lines(path: Path) -> Iterator[tuple[int, str]]:
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as handle:
+            for number, text in enumerate(handle, start=1):
+                if text.strip() and not text.lstrip().startswith("#"):
+                    yield number, text
+    except OSError as exc:
+        raise UserError(f"watchlist {path}: cannot read ({exc.strerror})") from None
+    except UnicodeDecodeError:
+        raise UserError(f"watchlist {path}: not a UTF-8 text file") from None
+
+
+def load_watchlist(path: Path) -> list[WatchlistEntry]:
+    """Read and validate a watchlist CSV.
+
+    Accepts a BOM, ``#`` comment lines, blank lines, stray whitespace and any case in the header and values.
+    Duplicate symbols (in any notation) are merged, keeping the first, with a warning.
+
+    :param path: CSV with a header; ``symbol`` required, optional columns in :data:`WATCHLIST_COLUMNS`.
+    :raise UserError: (exit code 2) naming the file and line for a missing file, a missing ``symbol`` column,
+        unknown columns, a malformed line or symbol, or a watchlist without any symbol.
+    """
+    lines = list(_data_lines(path))
+    if not lines:
+        raise UserError(f"watchlist {path}: no header and no symbols (only blank or # comment lines)")
+    header_line, header_text = lines[0]
+    header = [h.strip().lower().replace(" ", "_") for h in next(csv.reader([header_text]))]
+    if "symbol" not in header:
+        raise UserError(
+            f"watchlist {path}, line {header_line}: no 'symbol' column in the header {header_text.strip()!r}"
+        )
+    unknown = [h for h in header if h not in WATCHLIST_COLUMNS]
+    if unknown:
+        raise UserError(
+            f"watchlist {path}, line {header_line}: unknown column(s) {', '.join(map(repr, unknown))}; "
+            f"allowed: {', '.join(WATCHLIST_COLUMNS)}"
+        )
+    entries: dict[str, WatchlistEntry] = {}
+    for number, text in lines[1:]:
+        fields = next(csv.reader([text]))
+        where = f"watchlist {path}, line {number}"
+        if len(fields) > len(header):
+            raise UserError(f"{where}: {len(fields)} fields, the header has {len(header)}")
+        entry = _entry_from_row(dict(zip(header, fields, strict=False)), where, number)
+        if entry.symbol in entries:
+            first = entries[entry.symbol]
+            log.warning("%s: %s duplicates line %d; keeping line %d", where, entry.symbol, first.line, first.line)
+            continue
+        entries[entry.symbol] = entry
+    if not entries:
+        raise UserError(f"watchlist {path}: no symbols (only a header)")
+    return list(entries.values())
+
+
+# ---------------------------------------------------------------------------------------------------- files
+
+_YAHOO_RENAMES = {"adj_close": "adj_close", "adjclose": "adj_close"}
+_NUMERIC = ("open", "high", "low", "close", "adj_close", "volume")
+
+
+def _read_csv(path: Path, symbol: str | None = None) -> pd.DataFrame:
+    """One CSV file (gzip allowed) in long or Yahoo layout, as bars with canonical symbols and datetime dates."""
+    try:
+        frame = pd.read_csv(path, dtype={"date": str, "Date": str, "symbol": str}, na_values=["null"])
+    except FileNotFoundError:
+        raise UserError(f"csv {path}: no such file") from None
+    except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError, EOFError) as exc:
+        raise UserError(f"csv {path}: cannot read: {str(exc).strip().splitlines()[0]}") from None
+    frame.columns = [_YAHOO_RENAMES.get(c, c) for c in (c.strip().lower().replace(" ", "_") for c in frame.columns)]
+    required = ["date", "open", "high", "low", "close", "volume"] + ([] if symbol else ["symbol"])
+    missing = [c for c in required if c not in frame.columns]
+    unknown = [c for c in frame.columns if c not in BAR_COLUMNS]
+    if missing or unknown:
+        problem = f"missing column(s) {', '.join(missing)}" if missing else f"unknown column(s) {', '.join(unknown)}"
+        expected = "Date,Open,High,Low,Close[,Adj Close],Volume" if symbol else ",".join(BAR_COLUMNS)
+        raise UserError(f"csv {path}: {problem}; expected {expected}")
+    out = pd.DataFrame({"symbol": symbol if symbol else frame["symbol"]}, index=frame.index)
+    out["date"] = pd.to_datetime(frame["date"], format="ISO8601", errors="coerce")
+    retry = out["date"].isna() & frame["date"].notna()  # stray whitespace: strip only where needed (str ops are slow)
+    if retry.any():
+        out.loc[retry, "date"] = pd.to_datetime(frame.loc[retry, "date"].str.strip(), format="ISO8601", errors="coerce")
+    for col in _NUMERIC:
+        out[col] = pd.to_numeric(frame[col], errors="coerce").astype("float64") if col in frame else np.nan
+    return out
+
+
+def _canonical_or_raw(values: pd.Series) -> pd.Series:
+    mapping = {}
+    for raw in values.dropna().unique():
+        try:
+            mapping[raw] = canonical_symbol(raw)
+        except ValueError:
+            mapping[raw] = raw  # never matches a watchlist symbol; reported as not in the watchlist
+    return values.map(mapping)
+
+
+def read_bars_file(path: Path) -> pd.DataFrame:
+    """Bars from a long-format CSV or a folder of per-symbol Yahoo-layout CSVs (``<SYMBOL>.csv[.gz]``).
+
+    Numbers that do not parse become NaN (the upsert rejects those rows with a reason), so one bad row never
+    stops a file. :raise UserError: (exit code 2) naming the file for a missing/unreadable file or bad header.
+    """
+    path = Path(path)
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.name.lower().endswith((".csv", ".csv.gz")))
+        if not files:
+            raise UserError(f"csv folder {path}: no .csv or .csv.gz files")
+        frames = []
+        for file in files:
+            stem = file.name[: -len(".csv.gz")] if file.name.lower().endswith(".gz") else file.stem
+            try:
+                frames.append(_read_csv(file, canonical_symbol(stem)))
+            except ValueError as exc:
+                raise UserError(f"csv {file}: the file name must be the symbol: {exc}") from None
+        frame = pd.concat(frames, ignore_index=True)
+    else:
+        frame = _read_csv(path)
+        frame["symbol"] = _canonical_or_raw(frame["symbol"])
+    return frame.loc[:, list(BAR_COLUMNS)]
+
+
+def frame_source(bars: pd.DataFrame, overlap_sessions: int, label: str) -> Fetcher:
+    """A source over bars already in memory (the sample and csv sources).
+
+    Incremental symbols (in ``since``) get the bars from ``overlap_sessions`` business days before their last
+    stored bar; the first date in the file is reported as the symbol's first available date. Rows whose date
+    does not parse are always passed on, so the upsert rejects and reports them.
+    """
+    no_symbol = int(bars["symbol"].isna().sum())
+    if no_symbol:
+        log.warning("%s: %d row(s) without a symbol ignored", label, no_symbol)
+    bars = bars[bars["symbol"].notna()].sort_values(["symbol", "date"], kind="stable", ignore_index=True)
+    symbols, dates = bars["symbol"].astype(str).to_numpy(), bars["date"].to_numpy()
+    edges = np.r_[0, np.flatnonzero(symbols[1:] != symbols[:-1]) + 1, len(bars)]
+    spans = {symbols[a]: (int(a), int(b)) for a, b in itertools.pairwise(edges)}
+
+    def fetch(
+        entries: list[WatchlistEntry], start: dt.date, end: dt.date, since: dict[str, dt.date]
+    ) -> Iterator[SymbolFetch]:
+        extra = sorted(set(spans) - {e.symbol for e in entries})
+        if extra:
+            log.info("%s: %d symbol(s) not in the watchlist, ignored: %s", label, len(extra), _shorten(extra))
+        for entry in entries:
+            if entry.symbol not in spans:
+                yield SymbolFetch(entry.symbol, FetchStatus.UNKNOWN_SYMBOL, empty_bars(), f"not in {label}")
+                continue
+            a, b = spans[entry.symbol]
+            nat = a + int(np.searchsorted(np.isnat(dates[a:b]), True))  # NaT sorts last
+            lo = _fetch_from(start, since.get(entry.symbol), overlap_sessions)
+            first, last = (a + np.searchsorted(dates[a:nat], np.datetime64(d), side) for d, side in
+                           ((lo, "left"), (end, "right")))  # fmt: skip
+            part = bars.iloc[np.r_[first:last, nat:b]]
+            meta = {} if entry.symbol in since or a == nat else {"first_available_date": pd.Timestamp(dates[a]).date()}
+            status = FetchStatus.STORED if len(part) else FetchStatus.NO_DATA
+            error = None if len(part) else f"no bars in {label} between {lo} and {end}"
+            yield SymbolFetch(entry.symbol, status, part, error, metadata=meta)
+
+    return fetch
+
+
+def _fetch_from(start: dt.date, last_stored: dt.date | None, overlap_sessions: int) -> dt.date:
+    """First day to fetch: ``start``, or ``overlap_sessions`` business days before the last stored bar."""
+    if last_stored is None:
+        return start
+    back = np.busday_offset(np.datetime64(last_stored, "D"), -overlap_sessions, roll="backward")
+    return max(start, back.astype(dt.date))
+
+
+def _shorten(items: list[str], limit: int = 10) -> str:
+    return ", ".join(items[:limit]) + (f" ... (+{len(items) - limit})" if len(items) > limit else "")
+
+
+# ---------------------------------------------------------------------------------------------------- yfinance
+
+
+def yfinance_source(overlap_sessions: int) -> Fetcher:
+    """Daily bars from Yahoo Finance through yfinance (unadjusted OHLC plus ``adj_close``), one request per symbol.
+
+    Only used when asked for with ``--source yfinance``. :raise UserError: ``SOURCE_UNAVAILABLE`` when Yahoo
+    cannot be reached for the first symbol (no network); later network errors fail only that symbol.
+    """
+
+    def fetch(
+        entries: list[WatchlistEntry], start: dt.date, end: dt.date, since: dict[str, dt.date]
+    ) -> Iterator[SymbolFetch]:
+        import yfinance as yf
+
+        logging.getLogger("yfinance").setLevel(logging.CRITICAL)  # its own error lines duplicate ours
+        yf.config.debug.hide_exceptions = False
+        reached = False
+        for entry in entries:
+            lo = _fetch_from(start, since.get(entry.symbol), overlap_sessions)
+            ticker = to_source_symbol(entry.symbol, "yfinance")
+            try:
+                raw = yf.Ticker(ticker).history(
+                    start=lo.isoformat(), end=(end + dt.timedelta(days=1)).isoformat(), auto_adjust=False, actions=False
+                )
+            except OSError as exc:  # curl_cffi connection errors are OSErrors
+                if not reached:
+                    raise UserError(
+                        f"yfinance: cannot reach Yahoo Finance: {exc}", ExitCode.SOURCE_UNAVAILABLE
+                    ) from None
+                yield SymbolFetch(entry.symbol, FetchStatus.FAILED, empty_bars(), f"yfinance {ticker}: {exc}")
+                continue
+            except Exception as exc:  # yfinance raises YF*Error for unknown or delisted tickers
+                reached = True
+                yield SymbolFetch(entry.symbol, FetchStatus.UNKNOWN_SYMBOL, empty_bars(), f"yfinance {ticker}: {exc}")
+                continue
+            reached = True
+            yield _yahoo_fetch(entry.symbol, raw, full=entry.symbol not in since)
+
+    return fetch
+
+
+def _yahoo_fetch(symbol: str, raw: pd.DataFrame, full: bool) -> SymbolFetch:
+    """A yfinance history frame (DatetimeIndex in the exchange zone) as a SymbolFetch."""
+    if raw.empty:
+        return SymbolFetch(symbol, FetchStatus.NO_DATA, empty_bars(), "yfinance returned no bars")
+    frame = raw.rename(columns=lambda c: str(c).strip().lower().replace(" ", "_"))
+    bars = pd.DataFrame({"symbol": symbol, "date": pd.DatetimeIndex(raw.index).tz_localize(None).normalize()})
+    for col in _NUMERIC:
+        bars[col] = frame[col].to_numpy("float64") if col in frame else np.nan
+    bars = bars.reset_index(drop=True)
+    meta = {"first_available_date": bars["date"].min().date()} if full else {}
+    return SymbolFetch(symbol, FetchStatus.STORED, bars, metadata=meta, requests=1)

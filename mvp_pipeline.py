@@ -1,0 +1,423 @@
+"""Daily-bar ingestion: watchlist -> fetch -> validate+store -> coverage -> features -> summary (docs/ingestion.md).
+
+``python mvp_pipeline.py --start 2005-01-03 --end 2025-09-26 --source sample``. Safe to re-run and to schedule
+with cron: incremental per symbol, one lock per database, a row in ``tt_ingest_runs`` per run, exit codes in
+docs/exit_codes.md.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime as dt
+import logging
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Literal
+
+import pandas as pd
+import sqlalchemy as sa
+from tqdm import tqdm
+
+import coverage_check
+import create_tt_tables as tables
+import db_utils
+import features
+import settings as cfg
+import watchlist_loader as wl
+from ibkr_source import IbSettings
+from settings import ExitCode, UserError, setting
+
+log = logging.getLogger("mvp_pipeline")
+LOCK_NAME = "ingest"
+FAILED_STATUSES = ("failed", "unknown_symbol", "no_data")
+_METADATA_COLUMNS = {"ib_con_id", "primary_exchange", "exchange", "currency", "first_available_date", "name"}
+
+
+@dataclasses.dataclass(frozen=True)
+class IngestSettings(IbSettings, cfg.CommonSettings):
+    """Settings of ``mvp_pipeline.py`` (the IB connection settings are used by ``--source ibkr`` only)."""
+
+    start: dt.date | None = setting(None, "first day wanted, YYYY-MM-DD (required)")
+    end: dt.date | None = setting(None, "last day wanted, YYYY-MM-DD, not in the future (required)")
+    watchlist: Path = setting(cfg.REPO_ROOT / "tensorwatchlist.csv", "watchlist CSV", env="TT_WATCHLIST")
+    source: Literal["ibkr", "sample", "csv", "yfinance"] = setting(
+        "ibkr", "where bars come from: ibkr (TWS/IB Gateway), sample (bundled), csv (--csv), yfinance", env="TT_SOURCE"
+    )
+    csv: Path | None = setting(None, "--source csv: long-format CSV (gzip ok) or a folder of Yahoo-layout CSVs")
+    min_coverage: float = setting(0.95, "flag symbols below this fraction of expected sessions", env="TT_MIN_COVERAGE")
+    overlap_sessions: int = setting(5, "sample/csv/yfinance: sessions re-fetched before the last stored bar")
+    calendar: str = setting(coverage_check.DEFAULT_CALENDAR, "exchange_calendars calendar for expected sessions")
+    full_refresh: bool = setting(False, "fetch every symbol from --start, ignoring what is stored")
+    flush_rows: int = setting(50_000, "file sources: store after at most this many fetched rows")
+    dry_run: bool = setting(False, "fetch and validate only; write nothing to the database")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 0.0 <= self.min_coverage <= 1.0:
+            raise ValueError(f"--min-coverage must be between 0 and 1, got {self.min_coverage}")
+        if self.overlap_sessions < 0 or self.flush_rows < 1:
+            raise ValueError("--overlap-sessions must be >= 0 and --flush-rows >= 1")
+
+
+@dataclasses.dataclass
+class SymbolReport:
+    """One line of the summary table."""
+
+    symbol: str
+    fetched: int = 0
+    inserted: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    rejected: int = 0
+    coverage: float = float("nan")
+    status: str = "pending"
+    error: str | None = None
+
+
+def check_dates(settings: IngestSettings, today: dt.date | None = None) -> tuple[dt.date, dt.date]:
+    """``--start``/``--end`` given, in order and not in the future. :raise UserError: (exit code 2)."""
+    today = today or dt.date.today()
+    if settings.start is None or settings.end is None:
+        raise UserError("--start and --end are required (YYYY-MM-DD)")
+    if settings.end < settings.start:
+        raise UserError(f"--end {settings.end} is before --start {settings.start}")
+    if settings.end > today:
+        raise UserError(f"--end {settings.end} is in the future (today is {today})")
+    return settings.start, settings.end
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+    """A ready source: its fetch function, whether results may be batched (in-memory files) and rows read."""
+
+    fetch: wl.Fetcher
+    batched: bool
+    rows_read: int = 0
+    read_s: float = 0.0
+
+
+def make_source(settings: IngestSettings) -> Source:
+    """The source named by ``--source``; file sources are read here, so a bad file fails before any DB work."""
+    if settings.csv is not None and settings.source != "csv":
+        raise UserError(f"--csv only applies to --source csv (got --source {settings.source})")
+    if settings.source in ("sample", "csv"):
+        if settings.source == "csv" and settings.csv is None:
+            raise UserError("--source csv needs --csv PATH (a CSV file or a folder of per-symbol CSVs)")
+        path = wl.SAMPLE_CSV if settings.source == "sample" else settings.csv
+        t0 = time.perf_counter()
+        bars = wl.read_bars_file(path)
+        fetch = wl.frame_source(bars, settings.overlap_sessions, str(path))
+        return Source(fetch, True, len(bars), time.perf_counter() - t0)
+    if settings.source == "yfinance":
+        return Source(wl.yfinance_source(settings.overlap_sessions), False)
+    return Source(_ibkr_fetcher(settings), False)
+
+
+def _ibkr_fetcher(settings: IngestSettings) -> wl.Fetcher:
+    import ibkr_source
+
+    if not hasattr(ibkr_source, "fetch_price_history_ibkr"):
+        raise UserError("--source ibkr is not available in this version", ExitCode.SOURCE_UNAVAILABLE)
+
+    def fetch(entries: list, start: dt.date, end: dt.date, since: dict) -> Iterator[wl.SymbolFetch]:
+        return ibkr_source.fetch_price_history_ibkr(entries, start, end, since, settings)
+
+    return fetch
+
+
+@contextlib.contextmanager
+def logging_to(settings: IngestSettings) -> Iterator[Path]:
+    """Log to stdout and append to ``<log_dir>/mvp_pipeline.log`` for the duration of a run."""
+    path = Path(settings.log_dir) / "mvp_pipeline.log"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    console = logging.StreamHandler(sys.stdout)
+    console.setFormatter(logging.Formatter("%(message)s"))
+    to_file = logging.FileHandler(path, encoding="utf-8")
+    to_file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    log.setLevel(logging.DEBUG if settings.verbose else logging.INFO)
+    log.propagate = False
+    # ib_async logs every IB error at ERROR, including pacing errors the fetcher handles and reports itself.
+    logging.getLogger("ib_async").setLevel(logging.DEBUG if settings.verbose else logging.CRITICAL)
+    log.addHandler(console)
+    log.addHandler(to_file)
+    try:
+        yield path
+    except UserError as exc:  # run_cli prints it on stderr; keep it in the log file too
+        to_file.handle(log.makeRecord(log.name, logging.ERROR, __file__, 0, "error: %s", (exc,), None))
+        raise
+    finally:
+        for handler in (console, to_file):
+            log.removeHandler(handler)
+            handler.close()
+
+
+class Ingest:
+    """One ingest run over a connected database (the lock is held by the caller)."""
+
+    def __init__(self, settings: IngestSettings, engine: sa.Engine, entries: list[wl.WatchlistEntry]) -> None:
+        self.s, self.engine, self.entries = settings, engine, entries
+        self.start, self.end = check_dates(settings)
+        self.reports = {e.symbol: SymbolReport(e.symbol) for e in entries}
+        self.timings: dict[str, dict[str, float]] = {}
+        self.rejected: list[pd.DataFrame] = []
+        self.warnings: list[str] = []
+        self.changed: set[str] = set()
+
+    def stage(self, name: str, seconds: float, rows: int) -> None:
+        """Record a stage's wall time and row count (rows/s in the benchmark)."""
+        self.timings[name] = {"seconds": round(seconds, 4), "rows": int(rows)}
+
+    def incremental_since(self) -> dict[str, dt.date]:
+        """Last stored bar per symbol whose stored history already reaches back to its wanted start."""
+        if self.s.full_refresh:
+            return {}
+        ranges = db_utils.stored_date_ranges(self.engine, list(self.reports))
+        first_available = self.first_available()
+        wanted = [max(self.start, first_available.get(s) or self.start) for s in ranges.index]
+        firsts = coverage_check.sessions_on_or_after(wanted, self.s.calendar)
+        return {
+            str(symbol): row["last_date"]
+            for (symbol, row), first in zip(ranges.iterrows(), firsts, strict=True)
+            if row["first_date"] <= first
+        }
+
+    def first_available(self) -> dict[str, dt.date | None]:
+        """``tt_symbols.first_available_date`` of the watchlist symbols."""
+        t = tables.symbols
+        query = sa.select(t.c.symbol, t.c.first_available_date).where(t.c.symbol.in_(list(self.reports)))
+        with self.engine.connect() as conn:
+            return {r.symbol: r.first_available_date for r in conn.execute(query)}
+
+    def fetch_and_store(self, source: Source) -> None:
+        """Pull each symbol from the source and store it promptly (file sources: up to ``flush_rows`` at once)."""
+        since = self.incremental_since()
+        log.info("fetching %d symbol(s) from %s (%d incremental)", len(self.entries), self.s.source, len(since))
+        pending: list[wl.SymbolFetch] = []
+        fetch_s = store_s = 0.0
+        rows = pending_rows = 0
+        results = iter(source.fetch(self.entries, self.start, self.end, since))
+        with tqdm(total=len(self.entries), unit="sym", desc="ingest", disable=None, file=sys.stderr) as bar:
+            while True:
+                t0 = time.perf_counter()
+                item = next(results, None)
+                fetch_s += time.perf_counter() - t0
+                if item is None:
+                    break
+                pending.append(item)
+                rows += len(item.bars)
+                pending_rows += len(item.bars)
+                bar.update(1)
+                if not source.batched or pending_rows >= self.s.flush_rows:
+                    t0 = time.perf_counter()
+                    self.flush(pending, since)
+                    store_s += time.perf_counter() - t0
+                    pending, pending_rows = [], 0
+            t0 = time.perf_counter()
+            self.flush(pending, since)
+            store_s += time.perf_counter() - t0
+        self.stage("fetch", fetch_s, rows)
+        self.stage("store", store_s, rows)
+
+    def flush(self, fetched: list[wl.SymbolFetch], since: dict[str, dt.date]) -> None:
+        """Validate and store the bars of ``fetched`` in one upsert, then their ``tt_symbols`` metadata."""
+        if not fetched:
+            return
+        frames = [f.bars for f in fetched if len(f.bars)]
+        result = db_utils.UpsertResult()
+        if frames and not self.s.dry_run:
+            result = db_utils.upsert_price_bars(self.engine, pd.concat(frames, ignore_index=True), source=self.s.source)
+        elif frames:
+            _, rejected = db_utils.validate_bars(pd.concat(frames, ignore_index=True))
+            result.rejected_rows = rejected
+            result.per_symbol = rejected.groupby("symbol").size().to_frame("rejected")
+        if len(result.rejected_rows):
+            self.rejected.append(result.rejected_rows)
+        for f in fetched:
+            self.record(f, result, since)
+        if not self.s.dry_run:
+            with self.engine.begin() as conn:
+                db_utils.upsert_rows(conn, tables.symbols, [self.symbol_row(f) for f in fetched], ["symbol"])
+
+    def record(self, f: wl.SymbolFetch, result: db_utils.UpsertResult, since: dict[str, dt.date]) -> None:
+        """Fill the summary line of one fetched symbol."""
+        report = self.reports[f.symbol]
+        report.fetched = len(f.bars)
+        if f.symbol in result.per_symbol.index:
+            counts = result.per_symbol.loc[f.symbol]
+            for col in ("inserted", "updated", "unchanged", "rejected"):
+                setattr(report, col, int(counts.get(col, 0)))
+        if report.inserted or report.updated:
+            self.changed.add(f.symbol)
+        if f.symbol in result.not_stored_symbols:
+            report.status, report.error = "failed", result.error
+        elif f.status == wl.FetchStatus.STORED or (f.status == wl.FetchStatus.NO_DATA and f.symbol in since):
+            report.status = "ok"  # NO_DATA for a stored symbol: nothing new since the last run
+        else:
+            report.status, report.error = str(f.status), f.error or str(f.status)
+        if report.error:
+            log.warning("%s: %s", f.symbol, report.error)
+
+    def symbol_row(self, f: wl.SymbolFetch) -> dict[str, Any]:
+        """The ``tt_symbols`` row for a fetched symbol: watchlist fields, then what the source reported."""
+        entry = next(e for e in self.entries if e.symbol == f.symbol)
+        report = self.reports[f.symbol]
+        row: dict[str, Any] = {
+            "symbol": f.symbol, "name": entry.name or None, "sec_type": entry.sec_type, "exchange": entry.exchange,
+            "primary_exchange": entry.primary_exchange or None, "currency": entry.currency, "source": self.s.source,
+            "status": report.status, "last_error": report.error, "updated_at": dt.datetime.now(dt.UTC),
+        }  # fmt: skip
+        meta = {("name" if k == "long_name" else k): v for k, v in f.metadata.items()}
+        if f.first_available_date is not None:
+            meta["first_available_date"] = f.first_available_date
+        row.update({k: v for k, v in meta.items() if k in _METADATA_COLUMNS and v not in (None, "")})
+        return row
+
+    def check_coverage(self) -> None:
+        """Coverage per symbol; flags and missing dates go to ``tt_symbols`` / ``tt_missing_dates``."""
+        t0 = time.perf_counter()
+        symbols = list(self.reports)
+        windows = coverage_check.coverage_windows(symbols, self.start, self.end, self.first_available())
+        stored = coverage_check.read_stored_dates(self.engine, symbols)
+        report = coverage_check.compute_coverage(stored, windows, self.s.min_coverage, self.s.calendar)
+        rows = coverage_check.symbol_rows(report, stored)
+        for row in rows:
+            line = self.reports[row["symbol"]]
+            line.coverage = float("nan") if row["coverage"] is None else row["coverage"]
+            if row["below_min_coverage"] and line.status == "ok":
+                line.status = "low_coverage"
+                log.warning("%s: coverage %.1f%% is below --min-coverage", line.symbol, 100 * line.coverage)
+            row["status"] = line.status
+        with self.engine.begin() as conn:
+            db_utils.upsert_rows(conn, tables.symbols, rows, ["symbol"])
+            added, gone = coverage_check.store_missing_dates(conn, report)
+        for text in coverage_check.describe_missing(report):
+            log.info(text)
+        log.debug("tt_missing_dates: %d added, %d removed", added, gone)
+        self.stage("coverage", time.perf_counter() - t0, sum(map(len, stored.values())))
+
+    def check_features(self) -> None:
+        """Recompute features for the symbols that changed and report implausibly large daily moves."""
+        t0 = time.perf_counter()
+        rows = 0
+        if self.changed:
+            bars = db_utils.read_price_bars(self.engine, sorted(self.changed))
+            computed = features.compute_basic_features(bars)
+            rows = len(computed)
+            moves = features.large_moves(computed)
+            for m in moves.head(20).itertuples():
+                self.warnings.append(f"{m.symbol} {m.date:%Y-%m-%d}: daily move {m.ret:+.1%} (bad print or split?)")
+                log.warning("large move: %s", self.warnings[-1])
+            if len(moves) > 20:
+                log.warning("... and %d more large moves", len(moves) - 20)
+        self.stage("features", time.perf_counter() - t0, rows)
+
+    def summary(self) -> pd.DataFrame:
+        """The per-symbol summary table."""
+        table = pd.DataFrame([dataclasses.asdict(r) for r in self.reports.values()]).set_index("symbol")
+        return table.drop(columns="error")
+
+    def report_rejected(self) -> pd.DataFrame:
+        """Log every rejected row (they are reported, not fatal) and return them."""
+        if not self.rejected:
+            return pd.DataFrame(columns=["symbol", "date", "reason"])
+        rejected = pd.concat(self.rejected, ignore_index=True)
+        for r in rejected.head(50).itertuples():
+            log.warning("rejected %s %s: %s", r.symbol, pd.Timestamp(r.date).date(), r.reason)
+        if len(rejected) > 50:
+            log.warning("... and %d more rejected rows", len(rejected) - 50)
+        return rejected
+
+
+def run(settings: IngestSettings, engine: sa.Engine, entries: list[wl.WatchlistEntry], source: Source) -> int:
+    """Run the stages after the watchlist and the source are ready; return the exit code."""
+    started = time.perf_counter()
+    job = Ingest(settings, engine, entries)
+    job.stage("read", source.read_s, source.rows_read)
+    run_id = None if settings.dry_run else _start_run(engine, settings, job)
+    code, status, errors = ExitCode.ERROR, "failed", {}
+    try:
+        job.fetch_and_store(source)
+        rejected = job.report_rejected()
+        if not settings.dry_run:
+            job.check_coverage()
+            job.check_features()
+        table = job.summary()
+        log.info("\n%s", table.to_string(float_format=lambda v: f"{v:.1%}"))
+        code = ExitCode.PARTIAL if table["status"].isin(FAILED_STATUSES).any() else ExitCode.OK
+        status = "finished" if code == ExitCode.OK else "partial"
+        failed = {s: r.error for s, r in job.reports.items() if r.status in FAILED_STATUSES}
+        errors = {"failed": failed, "rejected": rejected.head(1000).astype(str).to_dict("records"),
+                  "warnings": job.warnings}  # fmt: skip
+        _log_totals(table, code, settings.dry_run)
+        return int(code)
+    except UserError as exc:
+        code, errors = exc.exit_code, {"fatal": str(exc)}
+        raise
+    except KeyboardInterrupt:
+        code, errors = ExitCode.INTERRUPTED, {"fatal": "interrupted"}
+        raise
+    except Exception as exc:
+        errors = {"fatal": f"{type(exc).__name__}: {exc}"}
+        raise
+    finally:
+        job.stage("total", time.perf_counter() - started, int(job.summary()["fetched"].sum()))
+        if run_id is not None:
+            _finish_run(engine, run_id, job, status, code, errors)
+
+
+def _start_run(engine: sa.Engine, settings: IngestSettings, job: Ingest) -> int:
+    """Insert the ``tt_ingest_runs`` row (status running, arguments with secrets masked); its run id."""
+    arguments = dict(line.split(" = ", 1) for line in cfg.format_config(settings).splitlines())
+    record = {"started_at": dt.datetime.now(dt.UTC), "status": "running", "source": settings.source,
+              "start_date": job.start, "end_date": job.end, "arguments": arguments}  # fmt: skip
+    with engine.begin() as conn:
+        return int(conn.execute(tables.ingest_runs.insert().values(**record)).inserted_primary_key[0])
+
+
+def _finish_run(engine: sa.Engine, run_id: int, job: Ingest, status: str, code: int, errors: dict) -> None:
+    """Close the run's ``tt_ingest_runs`` row with its outcome, counts, errors and timings."""
+    table = job.summary()
+    values = {
+        "finished_at": dt.datetime.now(dt.UTC), "status": status, "exit_code": int(code), "errors": errors,
+        "timings": job.timings, "symbols_requested": len(table),
+        "symbols_ok": int((~table["status"].isin(FAILED_STATUSES)).sum()),
+        "symbols_failed": int(table["status"].isin(FAILED_STATUSES).sum()),
+        **{f"rows_{c}": int(table[c].sum()) for c in ("fetched", "inserted", "updated", "unchanged", "rejected")},
+    }  # fmt: skip
+    with engine.begin() as conn:
+        conn.execute(tables.ingest_runs.update().where(tables.ingest_runs.c.run_id == run_id).values(**values))
+
+
+def _log_totals(table: pd.DataFrame, code: ExitCode, dry_run: bool) -> None:
+    totals = table[["fetched", "inserted", "updated", "unchanged", "rejected"]].sum()
+    log.info(
+        "%s%d symbol(s): %s; %s -> exit %d (%s)", "dry run, nothing written: " if dry_run else "", len(table),
+        ", ".join(f"{n} {s}" for s, n in table["status"].value_counts().items()),
+        ", ".join(f"{v} {k}" for k, v in totals.items()), int(code), code.name,
+    )  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse settings and run the ingest pipeline; see docs/ingestion.md."""
+    settings = cfg.parse_command(IngestSettings, argv, "Ingest daily bars for the watchlist (docs/ingestion.md).")
+    if settings is None:
+        return 0
+    with logging_to(settings) as log_path:
+        check_dates(settings)
+        entries = wl.load_watchlist(settings.watchlist)
+        coverage_check.get_calendar(settings.calendar, settings.start)
+        source = make_source(settings)
+        log.info("watchlist %s: %d symbol(s); log file %s", settings.watchlist, len(entries), log_path)
+        engine = db_utils.connect(settings, announce=log.info)
+        try:
+            with contextlib.nullcontext() if settings.dry_run else db_utils.run_lock(engine, LOCK_NAME):
+                return run(settings, engine, entries, source)
+        finally:
+            engine.dispose()
+
+
+if __name__ == "__main__":
+    raise SystemExit(cfg.run_cli(main))
