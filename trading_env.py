@@ -1,0 +1,428 @@
+"""The multi-asset trading environment: a Gymnasium env and a batched Stable-Baselines3 VecEnv.
+
+Both step through the same engine (:class:`_Engine`), which wires the components of
+:mod:`tensortrade_risk_module` in TensorTrade's order: action scheme -> portfolio -> reward -> stopper ->
+observer -> informer. Market data are prepared once by :func:`build_market`; a step is a handful of numpy
+operations on precomputed arrays. Semantics: docs/environment.md.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import pandas as pd
+from stable_baselines3.common.vec_env import VecEnv
+from stable_baselines3.common.vec_env.base_vec_env import VecEnvIndices, VecEnvStepReturn
+
+from env_kernels import ACTION, CASH, DRAWDOWN, FEES, HOLD, NET_WORTH, REWARD, TARGET, TURNOVER, step_row, step_rows
+from features import compute_basic_features, vol_column
+from settings import ExitCode, UserError
+from tensortrade_risk_module import (
+    EnvConfig,
+    Informer,
+    Observer,
+    Portfolio,
+    VolTargetActionScheme,
+    env_config,
+    kernel_params,
+)
+
+ENV_ID = "RiskAwareTrading-v0"
+STEP_KEYS = ("t", "target_weights", "weights", "reward", "net_worth", "cash", "drawdown", "turnover", "fees")
+
+
+@dataclasses.dataclass(frozen=True)
+class Market:
+    """Bars aligned on the dates every symbol traded: arrays are ``(dates, symbols)``.
+
+    Prices are on one basis per symbol: when a symbol's every bar has ``adj_close``, ``close`` is the
+    adjusted close and ``open`` is scaled by adj_close / close of the same day; fills, valuation and returns
+    therefore all include dividends and splits consistently.
+    """
+
+    symbols: tuple[str, ...]
+    dates: np.ndarray  # datetime64[D]
+    date_strings: list[str]
+    open: np.ndarray
+    close: np.ndarray
+    log_ret: np.ndarray  # NaN at the first date
+    vol_windows: tuple[int, ...]
+    vol: tuple[np.ndarray, ...]  # one per vol window, annualized, NaN during warm-up
+    dropped_dates: int  # dates on which some symbol had no bar (removed for all symbols)
+
+
+def _validated_frame(bars: pd.DataFrame) -> pd.DataFrame:
+    missing = [c for c in ("symbol", "date", "open", "close") if c not in bars.columns]
+    if missing:
+        raise UserError(f"bars: missing column(s) {', '.join(missing)}")
+    if bars.empty:
+        raise UserError("bars: no rows", ExitCode.REFUSED)
+    columns = [c for c in ("symbol", "date", "open", "close", "adj_close") if c in bars.columns]
+    frame = bars.loc[:, columns].copy()
+    try:
+        frame["date"] = pd.to_datetime(frame["date"]).dt.normalize()
+    except (ValueError, TypeError) as exc:
+        raise UserError(f"bars: unreadable date ({exc})") from None
+    frame["symbol"] = frame["symbol"].astype(str)
+    duplicated = frame.duplicated(["symbol", "date"])
+    if duplicated.any():
+        row = frame[duplicated].iloc[0]
+        raise UserError(f"bars: duplicate bar for {row['symbol']} on {row['date'].date()}")
+    for column in ("open", "close"):
+        values = pd.to_numeric(frame[column], errors="coerce")
+        bad = ~(values > 0) | ~np.isfinite(values)
+        if bad.any():
+            row = frame[bad].iloc[0]
+            raise UserError(f"bars: {column} of {row['symbol']} on {row['date'].date()} is not a positive price")
+        frame[column] = values.astype("float64")
+    return frame
+
+
+def build_market(bars: pd.DataFrame, config: EnvConfig | None = None) -> Market:
+    """Align long-format bars into per-date arrays, with the pipeline's features.
+
+    Dates on which any symbol has no bar are dropped for all symbols (inner join) before the features are
+    computed, so each return spans exactly the interval the environment holds the position over.
+
+    :param bars: columns ``symbol, date, open, close`` and optionally ``adj_close`` (as in ``tt_prices``).
+    :param config: supplies ``vol_windows`` (defaults when None).
+    :raise UserError: missing columns, duplicate or non-positive bars, or too few common dates.
+    """
+    config = config or EnvConfig()
+    frame = _validated_frame(bars)
+    symbols = tuple(sorted(frame["symbol"].unique()))
+    per_date = frame.groupby("date")["symbol"].nunique()
+    common = per_date.index[per_date == len(symbols)]
+    frame = frame[frame["date"].isin(common)].sort_values(["symbol", "date"], kind="stable", ignore_index=True)
+    features = compute_basic_features(frame, config.vol_windows)
+    n_dates = len(common)
+    minimum = config.first_decision + 2
+    if n_dates < minimum:
+        raise UserError(
+            f"bars: {n_dates} dates common to all {len(symbols)} symbols; the settings need at least {minimum}",
+            ExitCode.REFUSED,
+        )
+
+    def grid(values: pd.Series) -> np.ndarray:
+        return values.to_numpy(dtype="float64").reshape(len(symbols), n_dates).T.copy()
+
+    price = features["price"]
+    if not (np.isfinite(price) & (price > 0)).all():
+        raise UserError("bars: adj_close has non-positive or non-finite values")
+    dates = np.sort(common.to_numpy().astype("datetime64[D]"))
+    return Market(
+        symbols=symbols,
+        dates=dates,
+        date_strings=[str(d) for d in dates],
+        open=grid(frame["open"] * price / frame["close"]),
+        close=grid(price),
+        log_ret=grid(features["log_ret"]),
+        vol_windows=tuple(config.vol_windows),
+        vol=tuple(grid(features[vol_column(w)]) for w in config.vol_windows),
+        dropped_dates=len(per_date) - n_dates,
+    )
+
+
+def synthetic_bars(n_assets: int, n_dates: int = 2520, seed: int = 0) -> pd.DataFrame:
+    """Seeded random-walk daily bars in the ``tt_prices`` layout, for tests and benchmarks.
+
+    :return: long format ``symbol, date, open, high, low, close, adj_close, volume`` on business days.
+    """
+    rng = np.random.default_rng(seed)
+    close = 100.0 * np.exp(np.cumsum(rng.normal(0.0003, 0.012, (n_dates, n_assets)), axis=0))
+    opened = close * np.exp(rng.normal(0.0, 0.004, (n_dates, n_assets)))
+    dates = pd.bdate_range("2000-01-03", periods=n_dates)
+    frame = pd.DataFrame(
+        {
+            "symbol": np.repeat([f"S{i:03d}" for i in range(n_assets)], n_dates),
+            "date": np.tile(dates.date, n_assets),
+            "open": opened.T.ravel(),
+            "close": close.T.ravel(),
+        }
+    )
+    frame["high"] = frame[["open", "close"]].max(axis=1)
+    frame["low"] = frame[["open", "close"]].min(axis=1)
+    frame["adj_close"] = frame["close"]
+    frame["volume"] = 1_000_000.0
+    return frame
+
+
+class _Engine:
+    """One step of the simulation for one environment (lead=()) or a batch (lead=(B,)).
+
+    The components hold the precomputed arrays and the state; a step is one call of the compiled
+    :func:`env_kernels.step_row` (or :func:`env_kernels.step_rows` for a batch), which composes the same math
+    the public functions of :mod:`tensortrade_risk_module` wrap, in TensorTrade's order.
+    """
+
+    def __init__(self, market: Market, config: EnvConfig, lead: tuple[int, ...]) -> None:
+        n_dates, n_assets = market.close.shape
+        if n_dates < config.first_decision + 2:
+            raise UserError(f"market has {n_dates} dates; the settings need {config.first_decision + 2}")
+        self.market, self.config, self.lead = market, config, lead
+        self.action_scheme = VolTargetActionScheme(config, market)
+        self.observer = Observer(config, market)
+        self.informer = Informer(market)
+        self.portfolio = Portfolio(config.initial_cash, lead, n_assets)
+        self.fill, self.fill_offset = (market.close, 0) if config.execution == "close" else (market.open, 1)
+        self.commission = config.commission_bps * 1e-4
+        self.first, self.last = config.first_decision, n_dates - 1
+        self.params = kernel_params(config)
+        self.arrays = tuple(
+            np.ascontiguousarray(a, dtype=a.dtype)
+            for a in (
+                self.action_scheme.scale,
+                self.action_scheme.returns,
+                self.fill,
+                market.close,
+                self.observer.features,
+            )
+        )
+        self.obs_shape = (*lead, self.observer.size)
+
+    def episode_bounds(self, rng: np.random.Generator) -> tuple[int, int]:
+        """(start, end) date indices of a new episode; the start is drawn from ``rng`` when random."""
+        length = self.config.episode_length
+        start = self.first
+        if self.config.random_start:
+            start = int(rng.integers(self.first, max(self.first, self.last - (length or 1)) + 1))
+        return start, min(start + length, self.last) if length else self.last
+
+    def advance(self, t: int | np.ndarray, mode: int, values: np.ndarray) -> tuple[np.ndarray, np.ndarray, Any]:
+        """Act on ``values`` (see ``env_kernels`` modes) at decisions ``t``, value at the close of t + 1.
+
+        Replaces the portfolio's arrays with the new ones (never writes into arrays handed out before).
+
+        :return: target weights, the observation at the close of t + 1, the stopper flag(s).
+        """
+        pf = self.portfolio
+        quantity, weights, targets = np.empty_like(pf.quantity), np.empty_like(pf.quantity), np.empty_like(pf.quantity)
+        state, obs = np.empty_like(pf.state), np.empty(self.obs_shape, np.float32)
+        if self.lead:
+            stop = step_rows(t, values, self.arrays, self.params, pf.quantity, pf.state, quantity, weights, targets,
+                             state, obs)  # fmt: skip
+        else:
+            stop = step_row(t, mode, values, self.arrays, self.params, pf.quantity, pf.state, quantity, weights,
+                            targets, state, obs)  # fmt: skip
+        pf.quantity, pf.weights, pf.state = quantity, weights, state
+        return targets, obs, stop
+
+    def observe(self, t: int | np.ndarray) -> np.ndarray:
+        """Observation at the close of ``t`` from the current portfolio."""
+        return self.observer.observe(t, self.portfolio.weights, self.portfolio.state)
+
+
+def _stop_reason(terminated: bool, t: int, last: int) -> str:
+    return "max_drawdown" if terminated else "end_of_data" if t >= last else "episode_length"
+
+
+def _step_arrays(pf: Portfolio, t: Any, targets: np.ndarray) -> dict[str, Any]:
+    """The step record of :data:`STEP_KEYS`: ``(..., 1)`` views of the state record, never written again."""
+    columns = {"reward": REWARD, "net_worth": NET_WORTH, "cash": CASH, "drawdown": DRAWDOWN, "turnover": TURNOVER,
+               "fees": FEES}  # fmt: skip
+    record = {key: pf.state[..., c : c + 1] for key, c in columns.items()}
+    return {"t": t, "target_weights": targets, "weights": pf.weights, **record}
+
+
+class TradingEnv(gym.Env):
+    """Gymnasium environment over one market; ``step(action)`` or, for baselines, ``step_target(weights)``."""
+
+    metadata: dict[str, Any] = {"render_modes": []}  # noqa: RUF012 (gymnasium's class attribute)
+
+    def __init__(self, market: Market, config: EnvConfig) -> None:
+        """:param market: from :func:`build_market`; ``config``: the environment parameters."""
+        self.config = config
+        self.engine = _Engine(market, config, ())
+        self.observation_space = self.engine.observer.observation_space
+        self.action_space = self.engine.action_scheme.action_space
+        self.symbols, self.dates = market.symbols, market.dates
+        self._last: tuple[int, np.ndarray] | None = None
+        self._t = self._end = self.engine.first
+        self._over = True
+        self._hold = np.zeros(len(market.symbols))
+
+    @property
+    def t(self) -> int:
+        """Date index of the current decision (the close the last observation was taken at)."""
+        return self._t
+
+    @property
+    def last_step(self) -> dict[str, Any]:
+        """The last step's arrays (keys :data:`STEP_KEYS`, ``(1,)`` scalars), built on demand; {} after reset."""
+        return {} if self._last is None else _step_arrays(self.engine.portfolio, *self._last)
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict]:
+        """Start an episode (all cash) at the first decision date, or a random one drawn from ``np_random``."""
+        super().reset(seed=seed)
+        self._t, self._end = self.engine.episode_bounds(self.np_random)
+        self._over, self._last = False, None
+        pf = self.engine.portfolio
+        pf.reset()
+        cash = pf.initial_cash
+        info = self.engine.informer.record(self._t, cash, cash, 0.0, 0.0, 0.0, 0.0, pf.weights, pf.weights)
+        return self.engine.observe(self._t), info
+
+    def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        """Map the action through the vol-target action scheme and advance one day."""
+        if self._over:
+            raise RuntimeError("the episode is over: call reset()")
+        return self._advance(ACTION, np.ascontiguousarray(action, dtype=np.float64))
+
+    def step_target(self, target_weights: np.ndarray | None) -> tuple[np.ndarray, float, bool, bool, dict]:
+        """Advance one day towards explicit target weights, bypassing the action scheme (None = hold).
+
+        Timing, costs, band, reward and stopper are the same as :meth:`step`. The weights must be finite,
+        non-negative unless ``allow_short``, with sum(|w|) <= 1; the action-scheme caps do not apply.
+        """
+        if self._over:
+            raise RuntimeError("the episode is over: call reset()")
+        if target_weights is None:
+            return self._advance(HOLD, self._hold)
+        target_weights = np.ascontiguousarray(target_weights, dtype=np.float64)
+        if target_weights.shape != (len(self.symbols),) or not np.isfinite(target_weights).all():
+            raise ValueError(f"target_weights must be {len(self.symbols)} finite numbers")
+        if (target_weights < 0).any() and not self.config.allow_short:
+            raise ValueError("negative target weight with allow_short=False")
+        if np.abs(target_weights).sum() > 1.0 + 1e-9:
+            raise ValueError("sum of |target weights| exceeds 1 (no margin)")
+        return self._advance(TARGET, target_weights)
+
+    def _advance(self, mode: int, values: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        engine = self.engine
+        targets, obs, terminated = engine.advance(self._t, mode, values)
+        self._t = t = self._t + 1
+        truncated = t >= self._end
+        pf = engine.portfolio
+        s = pf.state.tolist()
+        info = engine.informer.record(
+            t, s[NET_WORTH], s[CASH], s[TURNOVER], s[FEES], s[DRAWDOWN], s[REWARD], pf.weights, targets
+        )
+        if terminated or truncated:
+            self._over = True
+            info["stop_reason"] = _stop_reason(terminated, t, engine.last)
+        self._last = (t, targets)
+        return obs, s[REWARD], terminated, truncated, info
+
+
+class VecTradingEnv(VecEnv):
+    """``n_envs`` copies stepped in one compiled pass, each with its own generator and episode start.
+
+    Follows Stable-Baselines3's VecEnv conventions: automatic reset, ``terminal_observation`` and
+    ``TimeLimit.truncated`` in the info of a finished copy. ``last_step`` holds the last step's batched
+    arrays (plus ``action``, ``terminated``, ``truncated``) for cheap logging.
+    """
+
+    def __init__(self, market: Market, config: EnvConfig, n_envs: int) -> None:
+        """:param n_envs: number of copies (>= 1)."""
+        if n_envs < 1:
+            raise UserError(f"n_envs: {n_envs} must be >= 1")
+        self.config = config
+        self.engine = _Engine(market, config, (n_envs,))
+        self.render_mode = None
+        self.symbols, self.dates = market.symbols, market.dates
+        super().__init__(n_envs, self.engine.observer.observation_space, self.engine.action_scheme.action_space)
+        self._rngs = [np.random.default_rng() for _ in range(n_envs)]
+        self._t = np.full(n_envs, self.engine.first)
+        self._end = np.full(n_envs, self.engine.last)
+        self._actions = np.zeros((n_envs, len(self.symbols)))
+        self.last_step: dict[str, np.ndarray] = {}
+
+    def _restart(self, rows: np.ndarray) -> None:
+        for i in rows.tolist():
+            self._t[i], self._end[i] = self.engine.episode_bounds(self._rngs[i])
+        self.engine.portfolio.reset(rows)
+
+    def reset(self) -> np.ndarray:
+        """Reset every copy; seeds given through :meth:`seed` re-create the copies' generators."""
+        for i, seed in enumerate(self._seeds):
+            if seed is not None:
+                self._rngs[i] = np.random.default_rng(seed)
+        self._reset_seeds()
+        self._reset_options()
+        self._restart(np.arange(self.num_envs))
+        self.reset_infos = [
+            {"date": self.engine.informer.dates[t], "net_worth": self.config.initial_cash} for t in self._t.tolist()
+        ]
+        self.last_step = {}
+        return self.engine.observe(self._t)
+
+    def step_async(self, actions: np.ndarray) -> None:
+        """Store the batched actions ``(n_envs, N)``."""
+        self._actions = np.ascontiguousarray(actions, dtype=np.float64)
+
+    def step_wait(self) -> VecEnvStepReturn:
+        """Advance every copy one day; finished copies are reset (SB3 auto-reset)."""
+        engine = self.engine
+        targets, obs, terminated = engine.advance(self._t, ACTION, self._actions)
+        self._t = self._t + 1
+        truncated = self._t >= self._end
+        dones = terminated | truncated
+        pf = engine.portfolio
+        infos = engine.informer.infos(self._t, pf.state, pf.weights, targets)
+        self.last_step = {**_step_arrays(pf, self._t, targets), "action": self._actions, "terminated": terminated,
+                          "truncated": truncated}  # fmt: skip
+        rewards = self.last_step["reward"][:, 0]
+        if dones.any():
+            rows = np.flatnonzero(dones)
+            self._t = self._t.copy()
+            for i in rows.tolist():
+                info = infos[i].fill()
+                info["stop_reason"] = _stop_reason(bool(terminated[i]), int(self._t[i]), engine.last)
+                info["TimeLimit.truncated"] = bool(truncated[i] and not terminated[i])
+                info["terminal_observation"] = obs[i].copy()
+            self._restart(rows)
+            obs[rows] = engine.observer.observe(self._t[rows], pf.weights[rows], pf.state[rows])
+        return obs, rewards, dones, infos
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+    def get_attr(self, attr_name: str, indices: VecEnvIndices = None) -> list[Any]:
+        """The attribute of the (shared) environment, once per selected copy."""
+        return [getattr(self, attr_name)] * len(self._get_indices(indices))
+
+    def set_attr(self, attr_name: str, value: Any, indices: VecEnvIndices = None) -> None:
+        """Set an attribute; copies share one object, so it applies to all of them."""
+        setattr(self, attr_name, value)
+
+    def env_method(self, method_name: str, *method_args: Any, indices: VecEnvIndices = None, **kwargs: Any) -> list:
+        """Call a method of the shared environment once, result repeated per selected copy."""
+        return [getattr(self, method_name)(*method_args, **kwargs)] * len(self._get_indices(indices))
+
+    def env_is_wrapped(self, wrapper_class: type[gym.Wrapper], indices: VecEnvIndices = None) -> list[bool]:
+        """Copies are never wrapped."""
+        return [False] * len(self._get_indices(indices))
+
+
+def _market_and_config(bars: pd.DataFrame | Market, config: dict[str, Any]) -> tuple[Market, EnvConfig]:
+    cfg = env_config(**config)
+    market = bars if isinstance(bars, Market) else build_market(bars, cfg)
+    if market.vol_windows != cfg.vol_windows:
+        raise UserError(f"market was built with vol_windows {market.vol_windows}, the settings say {cfg.vol_windows}")
+    return market, cfg
+
+
+def make_env(bars: pd.DataFrame | Market, **config: Any) -> TradingEnv:
+    """The Gymnasium environment over long-format ``bars`` (or a prebuilt :class:`Market`).
+
+    :param config: any :class:`~tensortrade_risk_module.EnvConfig` field.
+    """
+    return TradingEnv(*_market_and_config(bars, config))
+
+
+def make_vec_env(bars: pd.DataFrame | Market, n_envs: int, seed: int | None = None, **config: Any) -> VecTradingEnv:
+    """The batched SB3 VecEnv over ``bars``; ``seed`` seeds copy i with ``seed + i`` at the next reset.
+
+    :param config: any :class:`~tensortrade_risk_module.EnvConfig` field.
+    """
+    env = VecTradingEnv(*_market_and_config(bars, config), n_envs)
+    if seed is not None:
+        env.seed(seed)
+    return env
+
+
+if ENV_ID not in gym.registry:
+    gym.register(ENV_ID, entry_point=make_env)
