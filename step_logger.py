@@ -1,0 +1,394 @@
+"""Buffered, batched, outage-proof writes of ``tt_steps``, ``tt_episodes`` and ``tt_runs`` updates.
+
+The training loop hands over numpy arrays (one entry per environment) and returns at once; a background
+writer thread turns them into batches (``COPY`` on PostgreSQL, one ``executemany`` on SQLite) so the database
+round trips overlap with the policy's torch work. When the database fails with a connection-type error the
+batches stay in memory, in order, and are retried with a growing pause; training never waits for the database.
+Rows still unwritten when the logger closes (or beyond ``max_pending_rows`` during a long outage) are appended
+to a JSON-lines fallback file, which :func:`load_fallback` (``python train_mvp.py --load-steps FILE``) writes
+later. Every write is idempotent (``ON CONFLICT DO NOTHING`` / upsert), so a batch whose commit was lost in
+flight, or a file loaded twice, never duplicates a row.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime as dt
+import io
+import json
+import queue
+import threading
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import sqlalchemy as sa
+
+import create_tt_tables as tables
+from db_utils import upsert_rows
+
+STEP_SCALARS = ("reward", "net_worth", "cash", "drawdown", "turnover", "fees")
+STEP_COLUMNS = ("run_id", "episode", "step", "date", "action", "target_weights", *STEP_SCALARS)
+# Errors worth retrying: the server or the path to it went away, or SQLite is locked by another writer.
+RETRIABLE = (sa.exc.OperationalError, sa.exc.InterfaceError)
+
+
+@dataclasses.dataclass
+class LoggerReport:
+    """What a :class:`StepLogger` wrote, and where the rest went."""
+
+    steps_written: int = 0
+    episodes_written: int = 0
+    retries: int = 0
+    unwritten_steps: int = 0
+    fallback_file: Path | None = None
+    errors: list[str] = dataclasses.field(default_factory=list)
+
+
+# ------------------------------------------------------------------------------------------------ writing
+
+
+# Digits per float in the JSON arrays: 9 significant digits give float32 actions back exactly; target weights
+# keep 12 (error below 1e-12 of the weight). Shorter formats are the cost that matters: formatting runs under
+# the GIL, beside the training loop. Scalars use repr(), the shortest exact round trip.
+_DIGITS = {np.dtype(np.float32): "%.9g", np.dtype(np.float64): "%.12g"}
+
+
+def _json_rows(matrix: np.ndarray) -> list[str]:
+    """One JSON array text per row, formatted by a single C-level ``%`` over the whole matrix."""
+    matrix = np.atleast_2d(matrix)
+    if matrix.dtype not in _DIGITS:
+        matrix = matrix.astype(np.float64)
+    row = "[" + ",".join([_DIGITS[matrix.dtype]] * matrix.shape[1]) + "]\n"
+    return ((row * len(matrix)) % tuple(matrix.ravel().tolist())).split("\n")[:-1]
+
+
+def _step_table(run_id: str, chunk: Mapping[str, Any]) -> np.ndarray:
+    """The chunk as an object array of :data:`STEP_COLUMNS` (Python ints, floats and strings)."""
+    table = np.empty((len(chunk["step"]), len(STEP_COLUMNS)), dtype=object)
+    table[:, 0] = run_id
+    for i, key in enumerate(("episode", "step", "date"), start=1):
+        table[:, i] = np.asarray(chunk[key]).tolist()
+    table[:, 4] = _json_rows(chunk["action"])
+    table[:, 5] = _json_rows(chunk["target_weights"])
+    for i, key in enumerate(STEP_SCALARS, start=6):
+        table[:, i] = np.asarray(chunk[key], dtype=np.float64).tolist()
+    return table
+
+
+_CSV_ROW = '%s,%d,%d,%s,"%s","%s",' + ",".join(["%r"] * len(STEP_SCALARS)) + "\n"
+
+
+def _copy_steps(cursor: Any, table: str, run_id: str, chunk: Mapping[str, Any]) -> None:
+    rows = _step_table(run_id, chunk)
+    buffer = io.StringIO((_CSV_ROW * len(rows)) % tuple(rows.ravel().tolist()))
+    cursor.copy_expert(f"COPY {table} ({', '.join(STEP_COLUMNS)}) FROM STDIN WITH (FORMAT csv)", buffer)
+
+
+_PG_STAGE = "CREATE TEMP TABLE IF NOT EXISTS tt_steps_stage (LIKE tt_steps INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
+
+
+def write_steps(engine: sa.Engine, run_id: str, chunk: Mapping[str, Any]) -> None:
+    """Write a column chunk of steps in one transaction; rows already stored are left alone.
+
+    :param chunk: arrays of equal length: ``episode, step, date`` (ISO strings), ``action, target_weights``
+        (2-D) and the :data:`STEP_SCALARS`.
+    """
+    if not len(chunk["step"]):
+        return
+    if engine.dialect.name != "postgresql":
+        placeholders = ", ".join("?" * len(STEP_COLUMNS))
+        with engine.begin() as conn:
+            conn.exec_driver_sql(
+                f"INSERT INTO tt_steps ({', '.join(STEP_COLUMNS)}) VALUES ({placeholders}) ON CONFLICT DO NOTHING",
+                list(map(tuple, _step_table(run_id, chunk).tolist())),
+            )
+        return
+    try:
+        with _raw_cursor(engine) as cursor:  # fast path: COPY straight into the table
+            _copy_steps(cursor, "tt_steps", run_id, chunk)
+    except sa.exc.IntegrityError:
+        # Some rows are stored already (a commit whose reply was lost, a fallback file loaded twice).
+        with _raw_cursor(engine) as cursor:
+            cursor.execute(_PG_STAGE)
+            _copy_steps(cursor, "tt_steps_stage", run_id, chunk)
+            cursor.execute("INSERT INTO tt_steps SELECT * FROM tt_steps_stage ON CONFLICT DO NOTHING")
+
+
+@contextlib.contextmanager
+def _raw_cursor(engine: sa.Engine) -> Iterator[Any]:
+    """A DBAPI cursor inside one transaction; driver errors come out as SQLAlchemy's classes, as elsewhere."""
+    dbapi_error = engine.dialect.loaded_dbapi.Error
+    try:
+        with engine.begin() as conn:
+            cursor = conn.connection.dbapi_connection.cursor()
+            try:
+                yield cursor
+            finally:
+                cursor.close()
+    except dbapi_error as exc:
+        raise sa.exc.DBAPIError.instance(None, None, exc, dbapi_error) from exc
+
+
+def _write_item(engine: sa.Engine, item: dict[str, Any]) -> None:
+    kind = item["kind"]
+    if kind == "steps":
+        write_steps(engine, item["run_id"], item["chunk"])
+        return
+    with engine.begin() as conn:
+        if kind == "episodes":
+            upsert_rows(conn, tables.episodes, item["rows"], ("run_id", "episode"))
+        else:
+            conn.execute(tables.runs.update().where(tables.runs.c.run_id == item["run_id"]).values(**item["values"]))
+
+
+def _item_rows(item: dict[str, Any]) -> int:
+    return len(item["chunk"]["step"]) if item["kind"] == "steps" else 0
+
+
+# ------------------------------------------------------------------------------------------------ fallback
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, dt.datetime | dt.date):
+        return value.isoformat()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def append_fallback(path: Path, items: Iterable[dict[str, Any]]) -> None:
+    """Append items (one JSON object a line) to the fallback file, creating its folder."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as handle:
+        for item in items:
+            record = {k: v for k, v in item.items() if k != "chunk"}
+            if "chunk" in item:
+                record["chunk"] = {k: _jsonable(v) for k, v in item["chunk"].items()}
+            if "values" in item:
+                record["values"] = {k: _jsonable(v) for k, v in item["values"].items()}
+            if "rows" in item:
+                record["rows"] = [{k: _jsonable(v) for k, v in row.items()} for row in item["rows"]]
+            handle.write(json.dumps(record) + "\n")
+
+
+def _restore(record: dict[str, Any]) -> dict[str, Any]:
+    if record["kind"] == "steps":
+        record["chunk"] = {k: np.asarray(v) for k, v in record["chunk"].items()}
+    dated = {"start_date", "end_date", "slice_start", "slice_end"}
+    stamped = {"finished_at", "started_at"}
+    for row in record.get("rows", []) + ([record["values"]] if "values" in record else []):
+        for key in dated & row.keys():
+            row[key] = dt.date.fromisoformat(row[key]) if row[key] else None
+        for key in stamped & row.keys():
+            row[key] = dt.datetime.fromisoformat(row[key]) if row[key] else None
+    return record
+
+
+def load_fallback(engine: sa.Engine, path: Path) -> tuple[int, int]:
+    """Write a fallback file's items in order (idempotent: safe to run twice).
+
+    :return: (step rows, episode rows) in the file.
+    """
+    steps = episodes = 0
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                item = _restore(json.loads(line))
+            except (json.JSONDecodeError, KeyError, ValueError) as exc:
+                raise ValueError(f"{path}, line {number}: not a step-log record ({exc})") from None
+            _write_item(engine, item)
+            steps += _item_rows(item)
+            episodes += len(item.get("rows", []))
+    return steps, episodes
+
+
+# ------------------------------------------------------------------------------------------------ the logger
+
+
+class StepLogger:
+    """Collects steps, episodes and run updates on the caller's thread; a writer thread stores them."""
+
+    def __init__(
+        self,
+        engine: sa.Engine,
+        run_id: str,
+        fallback_path: Path,
+        *,
+        batch_rows: int = 4096,
+        max_pending_rows: int = 1_000_000,
+        retry_pause: tuple[float, float] = (0.5, 30.0),
+        announce: Callable[[str], None] = print,
+    ) -> None:
+        """:param fallback_path: JSON-lines file for rows the database did not take (created only if needed).
+        :param batch_rows: step rows per batch handed to the writer.
+        :param max_pending_rows: step rows kept in memory during an outage before the oldest spill to the file.
+        :param retry_pause: first and longest pause between retries (doubling), in seconds.
+        :param announce: where outage and recovery messages go.
+        """
+        self.engine, self.run_id, self.fallback_path = engine, run_id, fallback_path
+        self.batch_rows, self.max_pending_rows = batch_rows, max_pending_rows
+        self.retry_pause, self.announce = retry_pause, announce
+        self.report = LoggerReport()
+        self._parts: list[dict[str, Any]] = []
+        self._buffered = 0
+        self._queue: queue.Queue[dict[str, Any] | None] = queue.Queue(maxsize=64)
+        self._pending: deque[dict[str, Any]] = deque()
+        self._pending_rows = 0
+        self._lock = threading.Lock()
+        self._flushes: list[threading.Event] = []  # flush() calls waiting for the next complete write
+        self._thread = threading.Thread(target=self._run, name="step-logger", daemon=True)
+        self._thread.start()
+
+    # --- caller side (hot path: no formatting, no I/O)
+    def add_steps(self, episode: np.ndarray, step: np.ndarray, dates: np.ndarray, **arrays: np.ndarray) -> None:
+        """Record one step of every environment: arrays of length B (``action, target_weights`` are (B, N)).
+
+        :param arrays: ``action``, ``target_weights`` and each of :data:`STEP_SCALARS`.
+        """
+        part = {"episode": np.array(episode), "step": np.array(step), "date": np.array(dates)}
+        part.update({k: np.array(arrays[k]) for k in ("action", "target_weights", *STEP_SCALARS)})
+        self._parts.append(part)
+        self._buffered += len(part["step"])
+        if self._buffered >= self.batch_rows:
+            self._push_steps()
+
+    def add_episodes(self, rows: list[dict[str, Any]]) -> None:
+        """Record finished episodes (``tt_episodes`` columns); their buffered steps are queued first."""
+        self._push_steps()
+        self._put({"kind": "episodes", "run_id": self.run_id, "rows": [{"run_id": self.run_id, **r} for r in rows]})
+
+    def update_run(self, **values: Any) -> None:
+        """Queue an update of this run's ``tt_runs`` row (e.g. ``episodes_done``, ``status``)."""
+        self._push_steps()
+        self._put({"kind": "run", "run_id": self.run_id, "values": values})
+
+    def _push_steps(self) -> None:
+        if not self._parts:
+            return
+        parts, self._parts, self._buffered = self._parts, [], 0
+        chunk = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+        self._put({"kind": "steps", "run_id": self.run_id, "chunk": chunk})
+
+    def _put(self, item: dict[str, Any]) -> None:
+        self._queue.put(item)
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Queue what is buffered and wait until all of it is stored; False on timeout (e.g. during an outage)."""
+        self._push_steps()
+        done = threading.Event()
+        self._queue.put({"kind": "flush", "done": done})
+        return done.wait(timeout)
+
+    def close(self, timeout: float = 30.0) -> LoggerReport:
+        """Flush, stop the writer, and save whatever is still unwritten to the fallback file.
+
+        :param timeout: how long to keep retrying an unreachable database before giving up to the file.
+        """
+        self._push_steps()
+        self._queue.put(None)
+        self._thread.join(timeout)
+        with self._lock:
+            leftovers = list(self._pending)
+            self._pending.clear()
+        while True:  # items the writer never took off the queue
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is not None and item["kind"] != "flush":
+                leftovers.append(item)
+        if leftovers:
+            self._spill(leftovers)
+        return self.report
+
+    # --- writer thread
+    def _spill(self, items: list[dict[str, Any]]) -> None:
+        append_fallback(self.fallback_path, items)
+        self.report.fallback_file = self.fallback_path
+        self.report.unwritten_steps += sum(_item_rows(i) for i in items)
+
+    def _take(self, item: dict[str, Any] | None) -> bool:
+        """Move one queue item to the pending list; False for the stop signal."""
+        if item is None:
+            return False
+        if item["kind"] == "flush":
+            self._flushes.append(item["done"])
+        else:
+            with self._lock:
+                self._pending.append(item)
+                self._pending_rows += _item_rows(item)
+        return True
+
+    def _run(self) -> None:
+        pause, running = 0.0, True
+        while running or self._pending:
+            try:
+                running = self._take(self._queue.get(timeout=pause or None)) and running
+                while True:
+                    running = self._take(self._queue.get_nowait()) and running
+            except queue.Empty:
+                pass
+            if self._write_pending():
+                if pause:
+                    self.announce(f"step log: database reachable again; {self.report.retries} retries so far")
+                pause = 0.0
+                for done in self._flushes:
+                    done.set()
+                self._flushes.clear()
+            else:
+                if not running:
+                    return  # close() saves what is left
+                pause = min(max(pause * 2, self.retry_pause[0]), self.retry_pause[1])
+                self._limit_memory()
+
+    def _write_pending(self) -> bool:
+        """Write pending items in order; True when all are stored (or were unwritable and went to the file)."""
+        while self._pending:
+            item = self._pending[0]
+            try:
+                _write_item(self.engine, item)
+            except RETRIABLE as exc:
+                self.report.retries += 1
+                if self.report.retries == 1 or not self.report.errors:
+                    self.announce(f"step log: database unavailable, keeping rows and retrying: {_first_line(exc)}")
+                self.report.errors.append(_first_line(exc))
+                return False
+            except sa.exc.SQLAlchemyError as exc:  # not an outage: retrying cannot help, keep the rows
+                self.report.errors.append(_first_line(exc))
+                self.announce(
+                    f"step log: batch rejected by the database, saved to {self.fallback_path}: {_first_line(exc)}"
+                )
+                with self._lock:
+                    self._spill([item])
+            else:
+                if item["kind"] == "steps":
+                    self.report.steps_written += _item_rows(item)
+                self.report.episodes_written += len(item.get("rows", []))
+            with self._lock:
+                if self._pending and self._pending[0] is item:
+                    self._pending.popleft()
+                    self._pending_rows -= _item_rows(item)
+        return True
+
+    def _limit_memory(self) -> None:
+        with self._lock:
+            spilled = []
+            while self._pending_rows > self.max_pending_rows and len(self._pending) > 1:
+                item = self._pending.popleft()
+                self._pending_rows -= _item_rows(item)
+                spilled.append(item)
+            if spilled:
+                self._spill(spilled)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(getattr(exc, "orig", None) or exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

