@@ -1,0 +1,423 @@
+"""Out-of-sample evaluation of a trained run against simple baselines, with metrics in ``tt_evaluations``.
+
+``python evaluate_mvp.py --run RUN_ID|latest [--start D] [--end D]`` loads the run's final PPO checkpoint, runs
+it deterministically over the held-out tail (the sessions after the run's training slice, or ``--start/--end``)
+through the same environment, costs and execution timing as training, runs the baselines the same way, prints
+a metrics table, stores one row per policy in ``tt_evaluations`` and writes ``reports/<run_id>/report.html``
+(plus PNGs). Metric definitions, baselines and what happens after a drawdown stop: docs/evaluation.md.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+import sqlalchemy as sa
+
+import create_tt_tables as tables
+import db_utils
+import features
+import report_mvp
+import train_mvp
+from features import TRADING_DAYS_PER_YEAR
+from settings import REPO_ROOT, CommonSettings, ExitCode, UserError, parse_command, setting
+from tensortrade_risk_module import EnvConfig, mark_to_market, rebalance
+from trading_env import Market, TradingEnv, build_market, make_env
+
+ANNUALIZATION = TRADING_DAYS_PER_YEAR
+FINAL_CHECKPOINT = f"{train_mvp.FINAL}.zip"  # written when training ends (also when interrupted or failed)
+FINISHED_STATUSES = ("finished",)  # what --run latest picks from: runs that trained all their episodes
+
+
+# ------------------------------------------------------------------------------------------------ metrics
+# Each takes the daily simple returns r_1..r_n of one policy (n = number of sessions after the first one) and
+# matches empyrical's definition of the same name (tests/test_evaluate_metrics.py checks them to 1e-9).
+def total_return(returns: np.ndarray) -> float:
+    """prod(1 + r) - 1 (NaN for an empty series)."""
+    return float(np.prod(1.0 + returns) - 1.0) if len(returns) else math.nan
+
+
+def cagr(returns: np.ndarray, annualization: int = ANNUALIZATION) -> float:
+    """Compound annual growth on trading days: (1 + total return) ** (annualization / n) - 1."""
+    if not len(returns):
+        return math.nan
+    return float((1.0 + total_return(returns)) ** (annualization / len(returns)) - 1.0)
+
+
+def annual_volatility(returns: np.ndarray, annualization: int = ANNUALIZATION) -> float:
+    """Sample standard deviation (ddof=1) of the daily returns times sqrt(annualization); NaN when n < 2."""
+    if len(returns) < 2:
+        return math.nan
+    return float(np.std(returns, ddof=1) * math.sqrt(annualization))
+
+
+def _ratio(numerator: float, denominator: float) -> float:
+    """numerator / denominator with IEEE semantics (±inf, or NaN for 0/0) instead of an exception."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return float(np.float64(numerator) / np.float64(denominator))
+
+
+def sharpe(returns: np.ndarray, annualization: int = ANNUALIZATION) -> float:
+    """mean(r) / std(r, ddof=1) * sqrt(annualization), risk-free rate 0; NaN when n < 2 or for 0/0."""
+    if len(returns) < 2:
+        return math.nan
+    # A constant series has zero dispersion exactly; np.std could leave a 1e-18 residue.
+    std = 0.0 if returns.max() == returns.min() else float(np.std(returns, ddof=1))
+    return _ratio(float(np.mean(returns)), std) * math.sqrt(annualization)
+
+
+def downside_deviation(returns: np.ndarray, annualization: int = ANNUALIZATION) -> float:
+    """sqrt(mean(min(r, 0)²)) * sqrt(annualization): the mean runs over all n days, not only the losing ones."""
+    if not len(returns):
+        return math.nan
+    return float(np.sqrt(np.mean(np.minimum(returns, 0.0) ** 2)) * math.sqrt(annualization))
+
+
+def sortino(returns: np.ndarray, annualization: int = ANNUALIZATION) -> float:
+    """mean(r) * annualization / downside deviation (target return 0); NaN when n < 2, ±inf with no losses."""
+    if len(returns) < 2:
+        return math.nan
+    return _ratio(float(np.mean(returns)) * annualization, downside_deviation(returns, annualization))
+
+
+def max_drawdown(returns: np.ndarray) -> float:
+    """min over t of V_t / max(V_0..V_t) - 1, with V_0 = 1 and V_t = prod(1 + r): a number <= 0."""
+    if not len(returns):
+        return math.nan
+    value = np.concatenate(([1.0], np.cumprod(1.0 + returns)))
+    return float(np.min(value / np.maximum.accumulate(value) - 1.0))
+
+
+def calmar(returns: np.ndarray, annualization: int = ANNUALIZATION) -> float:
+    """CAGR / |max drawdown|; NaN when there was no drawdown (or the ratio is infinite)."""
+    drawdown = max_drawdown(returns)
+    if not drawdown < 0:
+        return math.nan
+    ratio = cagr(returns, annualization) / abs(drawdown)
+    return ratio if math.isfinite(ratio) else math.nan
+
+
+def policy_metrics(trace: pd.DataFrame, annualization: int = ANNUALIZATION) -> dict[str, float]:
+    """Every metric of one policy from its daily trace (see :func:`rollout`).
+
+    Row 0 is the start (all cash, before any decision); rows 1..n are the closes after each step.
+
+    :return: the ``tt_evaluations`` metric columns; ``turnover`` is annualized (sum of daily traded value /
+        net worth, times annualization / n), ``avg_gross_exposure`` is the mean of sum|w| over the n closes.
+    """
+    worth = trace["net_worth"].to_numpy(dtype="float64")
+    returns = worth[1:] / worth[:-1] - 1.0
+    n = len(returns)
+    return {
+        "total_return": total_return(returns),
+        "cagr": cagr(returns, annualization),
+        "annual_volatility": annual_volatility(returns, annualization),
+        "sharpe": sharpe(returns, annualization),
+        "sortino": sortino(returns, annualization),
+        "max_drawdown": max_drawdown(returns),
+        "calmar": calmar(returns, annualization),
+        "turnover": float(trace["turnover"].iloc[1:].sum() * annualization / n) if n else math.nan,
+        "fees_paid": float(trace["fees"].sum()),
+        "avg_gross_exposure": float(trace["gross_exposure"].iloc[1:].mean()) if n else math.nan,
+        "days_stopped": int(trace["stopped"].iloc[1:].sum()),
+        "final_net_worth": float(worth[-1]),
+        "sessions": n,
+    }
+
+
+# ----------------------------------------------------------------------------------------------- policies
+# A policy sees the observation, the decision date and the previous decision date (None on the first step)
+# and returns ("action", a) for env.step or ("target", w | None) for env.step_target (None = hold, no trade).
+Decision = tuple[Literal["action", "target"], np.ndarray | None]
+Policy = Callable[[np.ndarray, np.datetime64, np.datetime64 | None], Decision]
+
+
+def baseline_policies(n_assets: int) -> dict[str, Policy]:
+    """The four baselines, by name: cash, equal-weight buy-and-hold, equal-weight monthly, inverse-vol.
+
+    Monthly rebalances on the first decision date of each calendar month (and on the first step, to invest);
+    inverse-vol is the environment's own vol-target action scheme fed the constant action 1 for every asset.
+    """
+    equal, zeros, ones = np.full(n_assets, 1.0 / n_assets), np.zeros(n_assets), np.ones(n_assets, np.float32)
+
+    def new_month(date: np.datetime64, previous: np.datetime64 | None) -> bool:
+        return previous is None or date.astype("datetime64[M]") != previous.astype("datetime64[M]")
+
+    return {
+        "cash": lambda obs, date, previous: ("target", zeros),
+        "buy_and_hold": lambda obs, date, previous: ("target", equal if previous is None else None),
+        "monthly_rebalanced": lambda obs, date, previous: ("target", equal if new_month(date, previous) else None),
+        "inverse_vol": lambda obs, date, previous: ("action", ones),
+    }
+
+
+def agent_policy(model: Any) -> Policy:
+    """The trained model, acting deterministically (the mean of its action distribution)."""
+    return lambda obs, date, previous: ("action", model.predict(obs, deterministic=True)[0])
+
+
+# ---------------------------------------------------------------------------------------------- rollouts
+@dataclasses.dataclass(frozen=True)
+class Evaluation:
+    """Every policy's daily trace, end-of-day weights and metrics over one slice."""
+
+    start: dt.date  # first evaluated session: the start value and the first decision are at its close
+    end: dt.date  # last evaluated session
+    metrics: pd.DataFrame  # index policy, columns as in tt_evaluations
+    traces: dict[str, pd.DataFrame]  # policy -> daily trace (see rollout)
+    weights: dict[str, pd.DataFrame]  # policy -> end-of-day weights, dates x symbols
+
+
+def slice_market(market: Market, config: EnvConfig, start: dt.date, end: dt.date | None) -> Market:
+    """The market cut so that the first decision falls on ``start`` (or the next session) and the last close on
+    ``end`` (or the session before; None = the last date).
+
+    Keeps exactly ``config.first_decision`` sessions of history before ``start`` (features are computed on
+    the full history first, so the warm-up windows are filled with real data, and sliced afterwards).
+
+    :raise UserError: (REFUSED) too little history before ``start``, or no session to trade in the slice.
+    """
+    first = int(np.searchsorted(market.dates, np.datetime64(start, "D")))
+    last = len(market.dates) if end is None else int(np.searchsorted(market.dates, np.datetime64(end, "D"), "right"))
+    last -= 1
+    if last <= first:
+        raise UserError(
+            f"evaluation slice {start} .. {end or 'last bar'}: fewer than 2 sessions common to all symbols",
+            ExitCode.REFUSED,
+        )
+    if first < config.first_decision:
+        raise UserError(
+            f"evaluation start {market.dates[first]}: the environment needs {config.first_decision} sessions of "
+            f"history before it, only {first} are stored (choose a later --start)",
+            ExitCode.REFUSED,
+        )
+    rows = slice(first - config.first_decision, last + 1)
+    return dataclasses.replace(
+        market,
+        dates=market.dates[rows],
+        date_strings=market.date_strings[rows],
+        open=market.open[rows],
+        close=market.close[rows],
+        log_ret=market.log_ret[rows],
+        vol=tuple(v[rows] for v in market.vol),
+    )
+
+
+def _liquidate_and_hold(env: TradingEnv) -> list[dict[str, Any]]:
+    """After a drawdown stop at the close of t: sell everything at the next fill, then hold cash to the end.
+
+    The sale is a decision at t with the environment's timing and costs (band 0: everything that can pay its
+    fee is sold); a position too small to pay its flat fee stays and is marked to market.
+    """
+    engine, t = env.engine, env.t
+    if t >= engine.last:
+        return []
+    pf, cfg = engine.portfolio, env.config
+    price = engine.fill[t + engine.fill_offset]
+    quantity, cash, fees, turnover = rebalance(
+        pf.quantity, pf.cash, np.zeros_like(pf.quantity), price, 0.0, cfg.fee_flat, engine.commission
+    )
+    worth, weights = mark_to_market(quantity, cash, engine.market.close[t + 1 :])
+    return [
+        {"date": engine.market.date_strings[t + 1 + i], "net_worth": float(worth[i, 0]), "cash": float(cash[0]),
+         "weights": weights[i], "turnover": float(turnover[0]) if i == 0 else 0.0,
+         "fees": float(fees[0]) if i == 0 else 0.0}
+        for i in range(len(worth))
+    ]  # fmt: skip
+
+
+def rollout(env: TradingEnv, policy: Policy) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Run ``policy`` from reset to the end of the environment's data.
+
+    :return: the daily trace (index ``date``; columns ``net_worth, cash, turnover, fees, gross_exposure,
+        stopped``; row 0 is the start, before any decision) and the end-of-day weights (dates x symbols).
+    """
+    obs, info = env.reset(seed=0)
+    infos, previous, stop_row = [info], None, None
+    while True:
+        date = np.datetime64(info["date"])
+        kind, value = policy(obs, date, previous)
+        obs, _, terminated, truncated, info = env.step(value) if kind == "action" else env.step_target(value)
+        infos.append(info)
+        previous = date
+        if terminated:
+            stop_row = len(infos) - 1
+            infos += _liquidate_and_hold(env)
+            break
+        if truncated:
+            break
+    dates = pd.DatetimeIndex([i["date"] for i in infos], name="date")
+    weights = pd.DataFrame(np.vstack([i["weights"] for i in infos]), index=dates, columns=list(env.symbols))
+    trace = pd.DataFrame({k: [i[k] for i in infos] for k in ("net_worth", "cash", "turnover", "fees")}, index=dates)
+    trace["gross_exposure"] = weights.abs().sum(axis=1)
+    trace["stopped"] = np.arange(len(trace)) > (stop_row if stop_row is not None else len(trace))
+    return trace, weights
+
+
+def evaluate_policies(market: Market, env_settings: dict[str, Any], policies: dict[str, Policy]) -> Evaluation:
+    """Run every policy on its own fresh environment over ``market`` and compute its metrics."""
+    traces, weights = {}, {}
+    for name, policy in policies.items():
+        traces[name], weights[name] = rollout(make_env(market, **env_settings), policy)
+    metrics = pd.DataFrame({name: policy_metrics(trace) for name, trace in traces.items()}).T
+    metrics.index.name = "policy"
+    first = traces[next(iter(traces))].index
+    return Evaluation(first[0].date(), first[-1].date(), metrics, traces, weights)
+
+
+# ------------------------------------------------------------------------------------------------ runs
+def load_run(engine: sa.Engine, run: str) -> dict[str, Any]:
+    """The ``tt_runs`` row of ``run`` (``latest``: the most recently started run with a finished status).
+
+    :raise UserError: (NOT_FOUND) no such run.
+    """
+    r = tables.runs
+    query = sa.select(r)
+    if run == "latest":
+        query = query.where(r.c.status.in_(FINISHED_STATUSES)).order_by(r.c.started_at.desc()).limit(1)
+    else:
+        query = query.where(r.c.run_id == run)
+    with engine.connect() as conn:
+        row = conn.execute(query).mappings().first()
+    if row is None:
+        what = "no finished training run in tt_runs" if run == "latest" else f"run {run!r} is not in tt_runs"
+        raise UserError(f"{what} (runs are listed in the tt_runs table)", ExitCode.NOT_FOUND)
+    return dict(row)
+
+
+def final_checkpoint(run: dict[str, Any]) -> Path:
+    """Path of the run's final checkpoint; :raise UserError: (NOT_FOUND) when it is not on disk."""
+    folder = Path(run["checkpoint_dir"] or "")
+    path = folder / FINAL_CHECKPOINT
+    if not run["checkpoint_dir"] or not path.is_file():
+        raise UserError(
+            f"run {run['run_id']}: final checkpoint {path} not found (status {run['status']!r}; was the run "
+            "interrupted, or the checkpoint folder moved or deleted?)",
+            ExitCode.NOT_FOUND,
+        )
+    return path
+
+
+def run_env_settings(run: dict[str, Any]) -> dict[str, Any]:
+    """The environment settings the run trained with, for a single whole-slice episode.
+
+    Only the episode shaping changes: no random start and no episode length, so the evaluation runs from the
+    first to the last session of the slice; costs, timing, reward and stopper are the training ones.
+    """
+    config = run["config"] or {}
+    stored = config.get("env", config)
+    names = {f.name for f in dataclasses.fields(EnvConfig)}
+    settings = {k: tuple(v) if isinstance(v, list) else v for k, v in stored.items() if k in names}
+    return {**settings, "random_start": False, "episode_length": None}
+
+
+def store_evaluation(engine: sa.Engine, run_id: str, evaluation: Evaluation) -> None:
+    """Replace this run's rows for the same slice in ``tt_evaluations`` by one row per policy (one transaction)."""
+    e = tables.evaluations
+    now = dt.datetime.now(dt.UTC)
+    rows = []
+    for policy, values in evaluation.metrics.iterrows():
+        clean = {k: (float(v) if math.isfinite(v) else None) for k, v in values.items()}
+        clean.update(days_stopped=int(values["days_stopped"]), sessions=int(values["sessions"]))
+        columns = {k: v for k, v in clean.items() if k in e.c}
+        rows.append({"run_id": run_id, "policy": policy, "slice_start": evaluation.start,
+                     "slice_end": evaluation.end, "evaluated_at": now, **columns, "metrics": clean})  # fmt: skip
+    same_slice = (e.c.run_id == run_id) & (e.c.slice_start == evaluation.start) & (e.c.slice_end == evaluation.end)
+    with engine.begin() as conn:
+        conn.execute(e.delete().where(same_slice))
+        conn.execute(e.insert(), rows)
+
+
+def read_episodes(engine: sa.Engine, run_id: str) -> pd.DataFrame:
+    """The run's ``tt_episodes`` rows (episode, reward_sum, net_worth_start, net_worth_end), by episode."""
+    e = tables.episodes
+    query = sa.select(e.c.episode, e.c.reward_sum, e.c.net_worth_start, e.c.net_worth_end)
+    with engine.connect() as conn:
+        return pd.read_sql_query(query.where(e.c.run_id == run_id).order_by(e.c.episode), conn)
+
+
+# ------------------------------------------------------------------------------------------------ command
+@dataclasses.dataclass(frozen=True)
+class EvaluateSettings(CommonSettings):
+    """Settings of ``evaluate_mvp.py``."""
+
+    run: str = setting("latest", "run id to evaluate, or 'latest' (the most recently started finished run)")
+    start: dt.date | None = setting(None, "first evaluated session (default: the first after the training slice)")
+    end: dt.date | None = setting(None, "last evaluated session (default: the last stored bar)")
+    out_dir: Path = setting(REPO_ROOT / "reports", "reports are written to OUT_DIR/<run_id>/", env="TT_REPORTS_DIR")
+    store: bool = setting(True, "store the metrics in tt_evaluations")
+
+
+def evaluation_slice(run: dict[str, Any], settings: EvaluateSettings) -> tuple[dt.date, dt.date | None]:
+    """(start, end) of the evaluation: flags, else the day after the training slice .. the last stored bar."""
+    start = settings.start or (run["slice_end"] + dt.timedelta(days=1) if run["slice_end"] else None)
+    if start is None:
+        raise UserError(f"run {run['run_id']} has no slice_end in tt_runs: give --start", ExitCode.USAGE)
+    end = settings.end
+    if end is not None and end < start:
+        raise UserError(f"--end {end} is before the evaluation start {start}")
+    if run["slice_end"] and start <= run["slice_end"]:
+        print(f"warning: the evaluation starts on {start}, inside the training slice (ends {run['slice_end']})")
+    return start, end
+
+
+def load_model(path: Path, n_assets: int) -> Any:
+    """The PPO model saved at ``path``, checked to act on ``n_assets`` assets."""
+    from stable_baselines3 import PPO
+
+    model = PPO.load(path, device="cpu")
+    if model.action_space.shape != (n_assets,):
+        raise UserError(
+            f"checkpoint {path} acts on {model.action_space.shape} assets, the run's symbols give {n_assets}",
+            ExitCode.REFUSED,
+        )
+    return model
+
+
+def evaluate_run(engine: sa.Engine, settings: EvaluateSettings) -> Path:
+    """Evaluate ``settings.run`` against the baselines, store the metrics, write the report, print the table.
+
+    :return: the path of ``report.html``.
+    :raise UserError: NOT_FOUND for an unknown run or a missing checkpoint, REFUSED when the data do not fit.
+    """
+    run = load_run(engine, settings.run)
+    checkpoint = final_checkpoint(run)
+    start, end = evaluation_slice(run, settings)
+    env_settings = run_env_settings(run)
+    config = EnvConfig(**env_settings)
+    data = features.load_training_bars(engine, run["symbols"] or [], None, end, include_flagged=True)
+    if data.missing:
+        raise UserError(f"run {run['run_id']} traded {', '.join(data.missing)}: no stored bars", ExitCode.REFUSED)
+    market = slice_market(build_market(data.bars, config), config, start, end)
+    model = load_model(checkpoint, len(market.symbols))
+    policies = {"agent": agent_policy(model), **baseline_policies(len(market.symbols))}
+    evaluation = evaluate_policies(market, env_settings, policies)
+    if settings.store:
+        store_evaluation(engine, run["run_id"], evaluation)
+    episodes = read_episodes(engine, run["run_id"])
+    html = report_mvp.write_report(settings.out_dir / run["run_id"], run, evaluation, episodes, env_settings)
+    print(f"run {run['run_id']}: {evaluation.start} .. {evaluation.end}, {len(market.symbols)} symbols")
+    print(report_mvp.format_metrics(evaluation.metrics).to_string())
+    print(f"report: {html}")
+    return html
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse the flags and evaluate the run (see :func:`evaluate_run`)."""
+    settings = parse_command(EvaluateSettings, argv, "Out-of-sample evaluation of a training run against baselines.")
+    if settings is None:
+        return int(ExitCode.OK)
+    evaluate_run(db_utils.connect(settings), settings)
+    return int(ExitCode.OK)
+
+
+if __name__ == "__main__":
+    from settings import run_cli
+
+    raise SystemExit(run_cli(main))
