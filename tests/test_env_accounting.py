@@ -36,6 +36,8 @@ def scenarios(draw: st.DrawFn) -> tuple[int, dict, list[np.ndarray]]:
         "max_gross": draw(st.sampled_from([0.5, 1.0])),
         "target_vol": draw(st.sampled_from([0.1, 1.0])),
         "max_drawdown": 1.0,
+        "downside_penalty": draw(st.sampled_from([0.0, 2.0, 50.0])),
+        "drawdown_penalty": draw(st.sampled_from([0.0, 1.0, 30.0])),
     }
     action = st.lists(st.floats(-1.5, 1.5), min_size=n, max_size=n).map(np.array)
     return n, config, draw(st.lists(action, min_size=1, max_size=25))
@@ -70,8 +72,9 @@ def test_accounting_invariants(scenario: tuple[int, dict, list[np.ndarray]]) -> 
         if not config["allow_short"]:
             assert np.all(q1 >= 0.0)
         ret = np.log(info["net_worth"] / nw0)
-        deepening = max(info["drawdown"] - dd0, 0.0)
-        assert reward == pytest.approx(ret - 0.5 * max(-ret, 0.0) - 0.5 * deepening, abs=1e-12)
+        deepening = max(info["drawdown"] ** 2 - dd0**2, 0.0)
+        penalties = config["downside_penalty"] * min(ret, 0.0) ** 2 + config["drawdown_penalty"] * deepening
+        assert reward == pytest.approx(ret - penalties, abs=1e-12)
         if terminated or truncated:
             break
 
