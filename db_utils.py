@@ -398,7 +398,23 @@ def read_price_bars(
     if end is not None:
         query = query.where(p.c.date <= end)
     with _connection(engine) as conn:
-        frame = pd.read_sql_query(query, conn, dtype={c: "float64" for c in VALUE_COLUMNS})
+        if conn.dialect.name == "postgresql":  # COPY is ~3x faster than fetching rows through the driver
+            sql = query.compile(dialect=conn.dialect, compile_kwargs={"literal_binds": True})
+            buffer = io.StringIO()
+            cursor = conn.connection.dbapi_connection.cursor()
+            try:
+                cursor.copy_expert(f"COPY ({sql}) TO STDOUT WITH (FORMAT csv)", buffer)
+            finally:
+                cursor.close()
+            buffer.seek(0)
+            names = ["symbol", "date", *VALUE_COLUMNS]
+            # Only COPY's empty field is NULL: tickers such as NA or NAN must stay text.
+            frame = pd.read_csv(
+                buffer, names=names, dtype={"symbol": str, **dict.fromkeys(VALUE_COLUMNS, "float64")},
+                keep_default_na=False, na_values=[""],
+            )  # fmt: skip
+        else:
+            frame = pd.read_sql_query(query, conn, dtype=dict.fromkeys(VALUE_COLUMNS, "float64"))
     frame["date"] = pd.to_datetime(frame["date"])
     frame["symbol"] = frame["symbol"].astype(str)
     return frame

@@ -190,7 +190,10 @@ _NUMERIC = ("open", "high", "low", "close", "adj_close", "volume")
 def _read_csv(path: Path, symbol: str | None = None) -> pd.DataFrame:
     """One CSV file (gzip allowed) in long or Yahoo layout, as bars with canonical symbols and datetime dates."""
     try:
-        frame = pd.read_csv(path, dtype={"date": str, "Date": str, "symbol": str}, na_values=["null"])
+        # No default NA strings: NA and NAN are real tickers; numbers are coerced below ("null", "NaN" -> NaN).
+        frame = pd.read_csv(
+            path, dtype={"date": str, "Date": str, "symbol": str}, keep_default_na=False, na_values=[""]
+        )
     except FileNotFoundError:
         raise UserError(f"csv {path}: no such file") from None
     except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError, EOFError) as exc:

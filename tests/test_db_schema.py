@@ -142,7 +142,7 @@ def test_read_price_bars_filters_and_orders(engine: sa.Engine) -> None:
 
     bars = pd.DataFrame(
         {
-            "symbol": ["SPY", "SPY", "AGG"],
+            "symbol": ["SPY", "SPY", "NA"],  # NA is a real ticker, not a missing value
             "date": [dt.date(2020, 1, 3), dt.date(2020, 1, 2), dt.date(2020, 1, 2)],
             "open": [1.0, 1.0, 2.0],
             "high": [1.5, 1.5, 2.5],
@@ -156,7 +156,7 @@ def test_read_price_bars_filters_and_orders(engine: sa.Engine) -> None:
     read = db_utils.read_price_bars(engine, ["SPY"], start=dt.date(2020, 1, 3))
     assert read["date"].dt.date.tolist() == [dt.date(2020, 1, 3)]
     every = db_utils.read_price_bars(engine)
-    assert list(every["symbol"]) == ["AGG", "SPY", "SPY"]
+    assert list(every["symbol"]) == ["NA", "SPY", "SPY"]
     assert every["date"].dt.date.tolist()[1:] == [dt.date(2020, 1, 2), dt.date(2020, 1, 3)]
     assert every.loc[1, "close"] == 1.1
     ranges = db_utils.stored_date_ranges(engine)

@@ -95,6 +95,19 @@ def test_unparseable_numbers_and_dates_become_missing_values_for_the_upsert_to_r
     assert pd.isna(bars["open"].iloc[1]) and pd.isna(bars["date"].iloc[2])
 
 
+def test_tickers_that_look_like_missing_values_stay_symbols(tmp_path: Path) -> None:
+    path = tmp_path / "bars.csv"
+    path.write_text(
+        "date,symbol,open,high,low,close,adj_close,volume\n"
+        "2020-01-02,NA,1,2,0.5,1.5,null,100\n"
+        "2020-01-02,NAN,1,2,0.5,1.5,NaN,100\n"
+        "2020-01-02,SPY,1,2,0.5,1.5,,NA\n"
+    )
+    bars = wl.read_bars_file(path)
+    assert bars["symbol"].tolist() == ["NA", "NAN", "SPY"]
+    assert bars["adj_close"].isna().all() and pd.isna(bars["volume"].iloc[2])
+
+
 def test_frame_source_reports_missing_symbols_and_slices_incremental_ones(sample: pd.DataFrame) -> None:
     bars = wl.read_bars_file(SAMPLE_CSV)
     fetch = wl.frame_source(bars, overlap_sessions=3, label="sample")
