@@ -18,8 +18,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import math
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -29,7 +27,9 @@ import pandas as pd
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tools"))
 
+from ib_gateway_sim import SimProcess  # noqa: E402
 from ibkr_pacing import PacingRules  # noqa: E402
 from ibkr_source import IbSettings, fetch_price_history_ibkr  # noqa: E402
 from watchlist_loader import FetchStatus, WatchlistEntry  # noqa: E402
@@ -56,38 +56,19 @@ def write_universe(n: int, years: int, folder: Path) -> tuple[Path, list[str], d
     return path, symbols, start
 
 
-def free_port() -> int:
-    """A free TCP port on 127.0.0.1."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_sim(csv: Path, latency: float, pacing: str, scale: float) -> tuple[subprocess.Popen[str], int]:
-    """The simulator in its own process; returns once it listens."""
-    port = free_port()
-    cmd = [sys.executable, str(REPO / "tools" / "ib_gateway_sim.py"), "--csv", str(csv), "--port", str(port),
-           "--latency", str(latency), "--pacing", pacing, "--pacing-scale", str(scale)]  # fmt: skip
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    assert proc.stdout is not None
-    proc.stdout.readline()  # "IB Gateway simulator on ..."
-    return proc, port
-
-
 def run(csv: Path, symbols: list[str], start: dt.date, latency: float, **settings: object) -> tuple[float, int, int]:
     """One fetch of every symbol; (wall seconds, paced requests, messages sent)."""
     pacing = str(settings.get("ib_pacing", "soft"))
     scale = float(settings.get("ib_pacing_scale", 1.0))  # type: ignore[arg-type]
-    proc, port = start_sim(csv, latency, "strict" if pacing == "strict" else "off", scale)
+    sim = SimProcess(csv, latency=latency, pacing="strict" if pacing == "strict" else "off", pacing_scale=scale)
     try:
-        ib = IbSettings(ib_port=port, ib_timeout=30.0, **settings)  # type: ignore[arg-type]
+        ib = IbSettings(ib_port=sim.port, ib_timeout=30.0, **settings)  # type: ignore[arg-type]
         entries = [WatchlistEntry(s) for s in symbols]
         t0 = time.perf_counter()
         results = list(fetch_price_history_ibkr(entries, start, END, {}, ib))
         wall = time.perf_counter() - t0
     finally:
-        proc.terminate()
-        proc.wait()
+        sim.stop()
     bad = [r.symbol for r in results if r.status is not FetchStatus.STORED]
     if bad:
         raise SystemExit(f"not stored: {bad}")

@@ -19,7 +19,19 @@ import db_utils
 PG_URL = os.environ.get("TT_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE_CSV = REPO / "data" / "sample_daily_bars.csv.gz"
-SCALE_CSV = REPO.parent / "shared" / "data" / "scale_daily_bars.csv.gz"
+# The 505-symbol scale set is read from the shared folder beside the repository (never copied into it).
+SCALE_CSV = Path(os.environ.get("TT_SCALE_CSV", REPO.parent / "shared" / "data" / "scale_daily_bars.csv.gz"))
+
+
+@pytest.fixture(scope="session")
+def scale_csv() -> Path:
+    """The scale set; skipped locally when absent, a failure when ``CI=true``."""
+    if not SCALE_CSV.is_file():
+        message = f"scale set {SCALE_CSV} not found (set TT_SCALE_CSV)"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return SCALE_CSV
 
 
 @pytest.fixture(scope="session")

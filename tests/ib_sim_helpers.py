@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import datetime as dt
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "tools"))
+from ib_gateway_sim import SimConfig, SimThread
+from ibkr_source import IbSettings, fetch_price_history_ibkr
+from watchlist_loader import SymbolFetch, WatchlistEntry
 
-from ib_gateway_sim import SimConfig, SimThread  # noqa: E402
-from ibkr_source import IbSettings, fetch_price_history_ibkr  # noqa: E402
-from watchlist_loader import SymbolFetch, WatchlistEntry  # noqa: E402
+REPO = Path(__file__).resolve().parent.parent
 
 SAMPLE_CSV = REPO / "data" / "sample_daily_bars.csv.gz"
 SCALE = 0.005  # pacing windows shrunk 200x: 15 s -> 75 ms, 2 s -> 10 ms, 10 min -> 3 s

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -11,7 +12,7 @@ import pytest
 import sqlalchemy as sa
 
 import db_utils
-from conftest import SAMPLE_CSV, SCALE_CSV
+from conftest import SAMPLE_CSV
 
 
 @pytest.fixture(scope="module")
@@ -109,9 +110,9 @@ def test_sample_round_trips_exactly(engine: sa.Engine, sample: pd.DataFrame) -> 
 
 @pytest.mark.postgres
 @pytest.mark.slow
-def test_scale_set_twice_on_postgres_is_idempotent(pg_url: str) -> None:
+def test_scale_set_twice_on_postgres_is_idempotent(pg_url: str, scale_csv: Path) -> None:
     engine = db_utils.connect(db_utils_settings(pg_url))
-    bars = pd.read_csv(SCALE_CSV)
+    bars = pd.read_csv(scale_csv)
     assert len(bars) == 619_029
     first = db_utils.upsert_price_bars(engine, bars, source="csv")
     # 12 real bars have open/close outside [low, high] (e.g. LNT 2016-05-19 close 17.87): rejected with reasons.

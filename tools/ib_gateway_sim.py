@@ -19,8 +19,12 @@ import asyncio
 import contextlib
 import dataclasses
 import datetime as dt
+import json
 import logging
+import re
+import signal
 import struct
+import subprocess
 import sys
 import threading
 import time
@@ -447,8 +451,35 @@ class SimThread:
         self._thread.join(10)
 
 
+class SimProcess:
+    """Run the simulator in its own process: for timing-sensitive tests and benchmarks, where a simulator
+    thread would compete with the client for the GIL and see requests late and bunched together.
+
+    ``options`` are command-line flags without dashes, e.g. ``SimProcess(pacing="strict", pacing_scale=0.005)``.
+    """
+
+    def __init__(self, csv: Path = DEFAULT_CSV, **options: object) -> None:
+        args = [sys.executable, str(Path(__file__).resolve()), "--csv", str(csv), "--port", "0"]
+        for name, value in options.items():
+            args += [f"--{name.replace('_', '-')}", str(value)]
+        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        assert self.proc.stdout is not None
+        banner = self.proc.stdout.readline()  # "IB Gateway simulator on HOST:PORT, N symbols"
+        match = re.search(r":(\d+),", banner)
+        if match is None:
+            self.proc.kill()
+            raise RuntimeError(f"simulator did not start: {banner!r}")
+        self.port = int(match.group(1))
+
+    def stop(self) -> dict[str, int]:
+        """Stop the simulator; return what it saw (historical requests, pacing violations, ...)."""
+        self.proc.send_signal(signal.SIGTERM)
+        out, _ = self.proc.communicate(timeout=30)
+        return json.loads(out.strip().splitlines()[-1])
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Command line: serve a CSV on a port until Ctrl-C."""
+    """Command line: serve a CSV on a port until Ctrl-C (or SIGTERM, which prints what it saw as JSON)."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--csv", type=Path, default=DEFAULT_CSV, help="long-format CSV (gzip allowed)")
     p.add_argument("--port", type=int, default=4002)
@@ -474,7 +505,14 @@ def main(argv: list[str] | None = None) -> None:
         gateway = Gateway(config)
         port = await gateway.start(a.host, a.port)
         print(f"IB Gateway simulator on {a.host}:{port}, {len(gateway.store.dates)} symbols", flush=True)
-        await asyncio.Event().wait()
+        stopped = asyncio.Event()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stopped.set)
+        await stopped.wait()
+        await gateway.stop()
+        stats = gateway.stats
+        summary = {"historical": len(stats.historical()), "pacing_violations": stats.pacing_violations,
+                   "max_open_seen": stats.max_open_seen, "connections": stats.connections}  # fmt: skip
+        print(json.dumps(summary), flush=True)
 
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve())
