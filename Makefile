@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 TEST_WORKERS ?= 2
 
-.PHONY: demo test venv venv-dev lint bench clean
+.PHONY: demo test test-tt venv venv-dev lint bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,11 @@ demo: venv
 
 test: venv-dev
 	$(BIN)/python -m pytest -n $(TEST_WORKERS)
+
+# The TensorTrade lane (Python >= 3.12 in .venv-tt; prints SKIPPED and succeeds when there is none):
+# docs/tensortrade_backend.md. Its training tests run here in .venv, hence venv-dev.
+test-tt: venv-dev
+	TEST_WORKERS=$(TEST_WORKERS) bash tools/tt_lane.sh
 
 lint: venv-dev
 	$(BIN)/ruff check .

@@ -286,8 +286,10 @@ def load_run(engine: sa.Engine, run: str) -> dict[str, Any]:
     with engine.connect() as conn:
         row = conn.execute(query).mappings().first()
     if row is None:
-        what = "no finished training run in tt_runs" if run == "latest" else f"run {run!r} is not in tt_runs"
-        raise UserError(f"{what} (runs are listed in the tt_runs table)", ExitCode.NOT_FOUND)
+        if run == "latest":
+            raise UserError("no finished training run in tt_runs: train one first (python train_mvp.py --episodes N)",
+                            ExitCode.NOT_FOUND)  # fmt: skip
+        raise UserError(f"run {run!r} is not in tt_runs (python train_mvp.py --show-run latest)", ExitCode.NOT_FOUND)
     return dict(row)
 
 
@@ -367,14 +369,20 @@ def evaluation_slice(run: dict[str, Any], settings: EvaluateSettings) -> tuple[d
     return start, end
 
 
-def load_model(path: Path, n_assets: int) -> Any:
-    """The PPO model saved at ``path``, checked to act on ``n_assets`` assets."""
+def load_model(path: Path, n_assets: int, observation_shape: tuple[int, ...]) -> Any:
+    """The PPO model saved at ``path``, checked to act on ``n_assets`` assets and to read ``observation_shape``."""
     from stable_baselines3 import PPO
 
     model = PPO.load(path, device="cpu")
     if model.action_space.shape != (n_assets,):
         raise UserError(
             f"checkpoint {path} acts on {model.action_space.shape} assets, the run's symbols give {n_assets}",
+            ExitCode.REFUSED,
+        )
+    if model.observation_space.shape != observation_shape:
+        raise UserError(
+            f"checkpoint {path} reads observations of shape {model.observation_space.shape}, the run's environment "
+            f"gives {observation_shape} (were its settings changed?)",
             ExitCode.REFUSED,
         )
     return model
@@ -387,6 +395,12 @@ def evaluate_run(engine: sa.Engine, settings: EvaluateSettings) -> Path:
     :raise UserError: NOT_FOUND for an unknown run or a missing checkpoint, REFUSED when the data do not fit.
     """
     run = load_run(engine, settings.run)
+    if run.get("backend") == "tensortrade":
+        raise UserError(
+            f"run {run['run_id']} was trained on the TensorTrade backend, whose observations differ from the native "
+            "environment's; evaluate_mvp.py evaluates native runs (see docs/tensortrade_backend.md)",
+            ExitCode.REFUSED,
+        )
     checkpoint = final_checkpoint(run)
     start, end = evaluation_slice(run, settings)
     env_settings = run_env_settings(run)
@@ -395,7 +409,7 @@ def evaluate_run(engine: sa.Engine, settings: EvaluateSettings) -> Path:
     if data.missing:
         raise UserError(f"run {run['run_id']} traded {', '.join(data.missing)}: no stored bars", ExitCode.REFUSED)
     market = slice_market(build_market(data.bars, config), config, start, end)
-    model = load_model(checkpoint, len(market.symbols))
+    model = load_model(checkpoint, len(market.symbols), make_env(market, **env_settings).observation_space.shape)
     policies = {"agent": agent_policy(model), **baseline_policies(len(market.symbols))}
     evaluation = evaluate_policies(market, env_settings, policies)
     if settings.store:

@@ -13,15 +13,20 @@ their own setups and ``make_tensortrade_env`` builds a genuine TensorTrade envir
 
 Importing this module on Python < 3.12 or without tensortrade raises ``settings.UserError`` with
 ``ExitCode.SOURCE_UNAVAILABLE``. Semantic differences from the native backend: docs/tensortrade_backend.md.
+``python tensortrade_backend.py --serve FD`` runs one environment for :mod:`tensortrade_remote` (training
+from the main interpreter, which cannot import TensorTrade): :func:`serve`.
 """
 
 from __future__ import annotations
 
 import os
+import pickle
 import re
+import signal
 import sys
+import traceback
 from decimal import ROUND_DOWN, Decimal
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import pandas as pd
@@ -38,7 +43,7 @@ from tensortrade_risk_module import (
     rebalance,
     update_drawdown,
 )
-from trading_env import Market, _market_and_config
+from trading_env import Market, market_and_config
 
 INSTALL_HINT = (
     "create the lane with tools/tt_lane.sh, or pip install -r requirements-tensortrade.txt "
@@ -319,14 +324,17 @@ def make_tensortrade_env(bars: pd.DataFrame | Market, **config: Any) -> TradingE
         wallets cannot go negative) are refused.
     :raise UserError: bad settings or bars (as :func:`trading_env.make_env`), or an unsupported setting.
     """
-    market, cfg = _market_and_config(bars, {"execution": "close", **config})
-    unsupported = {"execution": cfg.execution != "close", "random_start": cfg.random_start,
-                   "allow_short": cfg.allow_short}  # fmt: skip
-    for name, bad in unsupported.items():
+    market, cfg = market_and_config(bars, {"execution": "close", **config})
+    unsupported = {
+        "execution": (cfg.execution != "close", "pass --execution close"),
+        "random_start": (cfg.random_start, "turn it off"),
+        "allow_short": (cfg.allow_short, "turn it off"),
+    }
+    for name, (bad, fix) in unsupported.items():
         if bad:
             raise UserError(
                 f"setting --{name.replace('_', '-')}: {getattr(cfg, name)!r} is not supported by "
-                "the TensorTrade backend (docs/tensortrade_backend.md)"
+                f"the TensorTrade backend (docs/tensortrade_backend.md): {fix}"
             )
     first, last = cfg.first_decision, len(market.dates) - 1
     rows = slice(first - (cfg.window_size - 1), None)
@@ -353,3 +361,64 @@ def make_tensortrade_env(bars: pd.DataFrame | Market, **config: Any) -> TradingE
     )
     env.max_episode_steps = min(cfg.episode_length or last - first, last - first)
     return env
+
+
+def _space(space: Any) -> tuple:
+    """A Box as plain values: ``(shape, dtype, low, high)``."""
+    return space.shape, space.dtype.str, space.low.tolist(), space.high.tolist()
+
+
+def _plain(info: dict[str, Any]) -> dict[str, Any]:
+    """An info dict with its arrays as lists."""
+    return {k: v.tolist() if isinstance(v, np.ndarray) else v for k, v in info.items()}
+
+
+def _answer(env: TradingEnv | None, command: str, args: list[Any]) -> tuple[TradingEnv, tuple]:
+    """The reply to one command of :func:`serve` (plain Python values and raw observation bytes)."""
+    if command == "init":
+        env = make_tensortrade_env(Market(**args[0]), **args[1])
+        return env, ("ready", _space(env.observation_space), _space(env.action_space))
+    if env is None:
+        raise RuntimeError(f"command {command!r} before 'init'")
+    dtype = env.observation_space.dtype
+    if command == "reset":
+        obs, info = env.reset(seed=args[0])
+        return env, ("reset", np.asarray(obs, dtype).tobytes(), _plain(info))
+    obs, reward, terminated, truncated, info = env.step(np.asarray(args[0], np.float32))
+    restart = np.asarray(env.reset()[0], dtype).tobytes() if terminated or truncated else None  # SB3 auto-reset
+    return env, ("step", np.asarray(obs, dtype).tobytes(), float(reward), bool(terminated), bool(truncated),
+                 _plain(info), restart)  # fmt: skip
+
+
+def serve(commands: BinaryIO, replies: BinaryIO) -> None:
+    """Run one environment for a :mod:`tensortrade_remote` parent until ``commands`` ends.
+
+    Commands are pickled tuples ``("init", market_fields, config)``, ``("reset", seed)``, ``("step", action)``;
+    each gets one pickled reply, ``("error", message, exit_code)`` after which the worker stops. Replies carry
+    no numpy objects: the parent's numpy 2 and this lane's numpy 1.26 cannot read each other's array pickles.
+    """
+    env = None
+    while True:
+        try:
+            command, *args = pickle.load(commands)
+        except EOFError:  # the parent closed the pipe (close(), exit, or it died)
+            return
+        try:
+            env, reply = _answer(env, command, args)
+        except UserError as exc:
+            reply = ("error", str(exc), int(exc.exit_code))
+        except Exception as exc:  # a bug: the traceback goes to the worker's log, the cause to the parent
+            traceback.print_exc()
+            reply = ("error", f"{type(exc).__name__}: {exc}", int(ExitCode.ERROR))
+        pickle.dump(reply, replies, protocol=5)
+        replies.flush()
+        if reply[0] == "error":
+            return
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 3 or sys.argv[1] != "--serve":
+        sys.exit("usage: python tensortrade_backend.py --serve REPLY_FD  (started by tensortrade_remote.py)")
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # on Ctrl-C the parent shuts its workers down in order
+    with os.fdopen(int(sys.argv[2]), "wb") as reply_pipe:
+        serve(sys.stdin.buffer, reply_pipe)

@@ -1,21 +1,21 @@
-"""The multi-asset trading environment: a Gymnasium env and a batched Stable-Baselines3 VecEnv.
+"""The multi-asset trading environment: the Gymnasium env, and the factory of the batched SB3 VecEnv.
 
-Both step through the same engine (:class:`_Engine`), which wires the components of
+The env and :class:`trading_vec_env.VecTradingEnv` step through the same engine (:class:`Engine`), which wires
+the components of
 :mod:`tensortrade_risk_module` in TensorTrade's order: action scheme -> portfolio -> reward -> stopper ->
 observer -> informer. Market data are prepared once by :func:`build_market`; a step is a handful of numpy
-operations on precomputed arrays. Semantics: docs/environment.md.
+operations on precomputed arrays. Semantics: docs/environment.md. This module does not import
+Stable-Baselines3 (nor torch), so the TensorTrade lane's interpreter, which has neither, can import it.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gymnasium as gym
 import numpy as np
 import pandas as pd
-from stable_baselines3.common.vec_env import VecEnv
-from stable_baselines3.common.vec_env.base_vec_env import VecEnvIndices, VecEnvStepReturn
 
 from env_kernels import ACTION, CASH, DRAWDOWN, FEES, HOLD, NET_WORTH, REWARD, TARGET, TURNOVER, step_row, step_rows
 from features import compute_basic_features, vol_column
@@ -29,6 +29,9 @@ from tensortrade_risk_module import (
     env_config,
     kernel_params,
 )
+
+if TYPE_CHECKING:
+    from trading_vec_env import VecTradingEnv
 
 ENV_ID = "RiskAwareTrading-v0"
 STEP_KEYS = ("t", "target_weights", "weights", "reward", "net_worth", "cash", "drawdown", "turnover", "fees")
@@ -150,7 +153,7 @@ def synthetic_bars(n_assets: int, n_dates: int = 2520, seed: int = 0) -> pd.Data
     return frame
 
 
-class _Engine:
+class Engine:
     """One step of the simulation for one environment (lead=()) or a batch (lead=(B,)).
 
     The components hold the precomputed arrays and the state; a step is one call of the compiled
@@ -215,11 +218,12 @@ class _Engine:
         return self.observer.observe(t, self.portfolio.weights, self.portfolio.state)
 
 
-def _stop_reason(terminated: bool, t: int, last: int) -> str:
+def stop_reason(terminated: bool, t: int, last: int) -> str:
+    """The ``stop_reason`` of an episode that ended after the step to date index ``t`` (``last``: final index)."""
     return "max_drawdown" if terminated else "end_of_data" if t >= last else "episode_length"
 
 
-def _step_arrays(pf: Portfolio, t: Any, targets: np.ndarray) -> dict[str, Any]:
+def step_arrays(pf: Portfolio, t: Any, targets: np.ndarray) -> dict[str, Any]:
     """The step record of :data:`STEP_KEYS`: ``(..., 1)`` views of the state record, never written again."""
     columns = {"reward": REWARD, "net_worth": NET_WORTH, "cash": CASH, "drawdown": DRAWDOWN, "turnover": TURNOVER,
                "fees": FEES}  # fmt: skip
@@ -235,7 +239,7 @@ class TradingEnv(gym.Env):
     def __init__(self, market: Market, config: EnvConfig) -> None:
         """:param market: from :func:`build_market`; ``config``: the environment parameters."""
         self.config = config
-        self.engine = _Engine(market, config, ())
+        self.engine = Engine(market, config, ())
         self.observation_space = self.engine.observer.observation_space
         self.action_space = self.engine.action_scheme.action_space
         self.symbols, self.dates = market.symbols, market.dates
@@ -252,7 +256,7 @@ class TradingEnv(gym.Env):
     @property
     def last_step(self) -> dict[str, Any]:
         """The last step's arrays (keys :data:`STEP_KEYS`, ``(1,)`` scalars), built on demand; {} after reset."""
-        return {} if self._last is None else _step_arrays(self.engine.portfolio, *self._last)
+        return {} if self._last is None else step_arrays(self.engine.portfolio, *self._last)
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict]:
         """Start an episode (all cash) at the first decision date, or a random one drawn from ``np_random``."""
@@ -302,102 +306,17 @@ class TradingEnv(gym.Env):
         )
         if terminated or truncated:
             self._over = True
-            info["stop_reason"] = _stop_reason(terminated, t, engine.last)
+            info["stop_reason"] = stop_reason(terminated, t, engine.last)
         self._last = (t, targets)
         return obs, s[REWARD], terminated, truncated, info
 
 
-class VecTradingEnv(VecEnv):
-    """``n_envs`` copies stepped in one compiled pass, each with its own generator and episode start.
+def market_and_config(bars: pd.DataFrame | Market, config: dict[str, Any]) -> tuple[Market, EnvConfig]:
+    """The validated settings and the market they apply to (built from ``bars`` unless already a Market).
 
-    Follows Stable-Baselines3's VecEnv conventions: automatic reset, ``terminal_observation`` and
-    ``TimeLimit.truncated`` in the info of a finished copy. ``last_step`` holds the last step's batched
-    arrays (plus ``action``, ``terminated``, ``truncated``) for cheap logging.
+    :param config: :class:`~tensortrade_risk_module.EnvConfig` fields.
+    :raise UserError: a bad setting or bars, or a Market built with other ``vol_windows``.
     """
-
-    def __init__(self, market: Market, config: EnvConfig, n_envs: int) -> None:
-        """:param n_envs: number of copies (>= 1)."""
-        if n_envs < 1:
-            raise UserError(f"n_envs: {n_envs} must be >= 1")
-        self.config = config
-        self.engine = _Engine(market, config, (n_envs,))
-        self.render_mode = None
-        self.symbols, self.dates = market.symbols, market.dates
-        super().__init__(n_envs, self.engine.observer.observation_space, self.engine.action_scheme.action_space)
-        self._rngs = [np.random.default_rng() for _ in range(n_envs)]
-        self._t = np.full(n_envs, self.engine.first)
-        self._end = np.full(n_envs, self.engine.last)
-        self._actions = np.zeros((n_envs, len(self.symbols)))
-        self.last_step: dict[str, np.ndarray] = {}
-
-    def _restart(self, rows: np.ndarray) -> None:
-        for i in rows.tolist():
-            self._t[i], self._end[i] = self.engine.episode_bounds(self._rngs[i])
-        self.engine.portfolio.reset(rows)
-
-    def reset(self) -> np.ndarray:
-        """Reset every copy; seeds given through :meth:`seed` re-create the copies' generators."""
-        for i, seed in enumerate(self._seeds):
-            if seed is not None:
-                self._rngs[i] = np.random.default_rng(seed)
-        self._reset_seeds()
-        self._reset_options()
-        self._restart(np.arange(self.num_envs))
-        self.reset_infos = [
-            {"date": self.engine.informer.dates[t], "net_worth": self.config.initial_cash} for t in self._t.tolist()
-        ]
-        self.last_step = {}
-        return self.engine.observe(self._t)
-
-    def step_async(self, actions: np.ndarray) -> None:
-        """Store the batched actions ``(n_envs, N)``."""
-        self._actions = np.ascontiguousarray(actions, dtype=np.float64)
-
-    def step_wait(self) -> VecEnvStepReturn:
-        """Advance every copy one day; finished copies are reset (SB3 auto-reset)."""
-        engine = self.engine
-        targets, obs, terminated = engine.advance(self._t, ACTION, self._actions)
-        self._t = self._t + 1
-        truncated = self._t >= self._end
-        dones = terminated | truncated
-        pf = engine.portfolio
-        infos = engine.informer.infos(self._t, pf.state, pf.weights, targets)
-        self.last_step = {**_step_arrays(pf, self._t, targets), "action": self._actions, "terminated": terminated,
-                          "truncated": truncated}  # fmt: skip
-        rewards = self.last_step["reward"][:, 0]
-        if dones.any():
-            rows = np.flatnonzero(dones)
-            self._t = self._t.copy()
-            for i in rows.tolist():
-                info = infos[i].fill()
-                info["stop_reason"] = _stop_reason(bool(terminated[i]), int(self._t[i]), engine.last)
-                info["TimeLimit.truncated"] = bool(truncated[i] and not terminated[i])
-                info["terminal_observation"] = obs[i].copy()
-            self._restart(rows)
-            obs[rows] = engine.observer.observe(self._t[rows], pf.weights[rows], pf.state[rows])
-        return obs, rewards, dones, infos
-
-    def close(self) -> None:
-        """Nothing to release."""
-
-    def get_attr(self, attr_name: str, indices: VecEnvIndices = None) -> list[Any]:
-        """The attribute of the (shared) environment, once per selected copy."""
-        return [getattr(self, attr_name)] * len(self._get_indices(indices))
-
-    def set_attr(self, attr_name: str, value: Any, indices: VecEnvIndices = None) -> None:
-        """Set an attribute; copies share one object, so it applies to all of them."""
-        setattr(self, attr_name, value)
-
-    def env_method(self, method_name: str, *method_args: Any, indices: VecEnvIndices = None, **kwargs: Any) -> list:
-        """Call a method of the shared environment once, result repeated per selected copy."""
-        return [getattr(self, method_name)(*method_args, **kwargs)] * len(self._get_indices(indices))
-
-    def env_is_wrapped(self, wrapper_class: type[gym.Wrapper], indices: VecEnvIndices = None) -> list[bool]:
-        """Copies are never wrapped."""
-        return [False] * len(self._get_indices(indices))
-
-
-def _market_and_config(bars: pd.DataFrame | Market, config: dict[str, Any]) -> tuple[Market, EnvConfig]:
     cfg = env_config(**config)
     market = bars if isinstance(bars, Market) else build_market(bars, cfg)
     if market.vol_windows != cfg.vol_windows:
@@ -410,7 +329,7 @@ def make_env(bars: pd.DataFrame | Market, **config: Any) -> TradingEnv:
 
     :param config: any :class:`~tensortrade_risk_module.EnvConfig` field.
     """
-    return TradingEnv(*_market_and_config(bars, config))
+    return TradingEnv(*market_and_config(bars, config))
 
 
 def make_vec_env(bars: pd.DataFrame | Market, n_envs: int, seed: int | None = None, **config: Any) -> VecTradingEnv:
@@ -418,7 +337,9 @@ def make_vec_env(bars: pd.DataFrame | Market, n_envs: int, seed: int | None = No
 
     :param config: any :class:`~tensortrade_risk_module.EnvConfig` field.
     """
-    env = VecTradingEnv(*_market_and_config(bars, config), n_envs)
+    from trading_vec_env import VecTradingEnv  # imports Stable-Baselines3 (and torch): only when batching
+
+    env = VecTradingEnv(*market_and_config(bars, config), n_envs)
     if seed is not None:
         env.seed(seed)
     return env

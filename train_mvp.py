@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import hashlib
-import importlib
 import importlib.metadata
 import json
 import signal
@@ -144,18 +143,15 @@ def package_versions() -> dict[str, str]:
 
 
 def make_training_env(cfg: TrainSettings, bars: pd.DataFrame, seed: int) -> Any:
-    """The vectorized environment of the chosen backend; a missing backend is a clear error."""
+    """The vectorized environment of the chosen backend; a missing backend is a clear error.
+
+    ``tensortrade``: TensorTrade environments in worker processes of the TensorTrade lane's Python >= 3.12
+    (:mod:`tensortrade_remote`); no interpreter, or a setting TensorTrade cannot honour, is a UserError.
+    """
     if cfg.backend == "tensortrade":
-        try:
-            backend = importlib.import_module("tensortrade_backend")
-        except ImportError as exc:
-            raise UserError(
-                f"--backend tensortrade is not available ({exc}); install TensorTrade (docs/training.md) "
-                "or use --backend native",
-                ExitCode.SOURCE_UNAVAILABLE,
-            ) from None
+        import tensortrade_remote as backend
     else:
-        backend = importlib.import_module("trading_env")
+        import trading_env as backend
     return backend.make_vec_env(bars, cfg.n_envs, seed=seed, **env_settings(cfg))
 
 
@@ -386,12 +382,13 @@ def run_training(engine: sa.Engine, cfg: TrainSettings, model: Any, env: Any, st
     run_id = state["run_id"]
     fallback = Path(cfg.log_dir) / f"steps_{run_id}_{dt.datetime.now():%H%M%S}.jsonl"
     log = StepLogger(engine, run_id, fallback, announce=lambda m: tqdm.write(m))
-    bar = tqdm(total=cfg.episodes, unit="episode", desc=f"run {run_id}", dynamic_ncols=True)
+    print(f"run {run_id}: training {cfg.episodes} episode(s) on {', '.join(env.symbols)}, "
+          f"{env.dates[0]} .. {env.dates[-1]}, seed {cfg.seed}, {env.num_envs} env(s)")  # fmt: skip
+    # disable=None: no bar when stderr is not a terminal (cron, log files); episode lines still print.
+    bar = tqdm(total=cfg.episodes, unit="episode", desc=f"run {run_id}", dynamic_ncols=True, disable=None)
     callback = EpisodeCallback(cfg, env, log, state, bar)
     budget = cfg.episodes * len(env.dates) * env.num_envs + cfg.n_steps * env.num_envs  # never the binding limit
     status, code, error, started = "finished", ExitCode.OK, None, time.perf_counter()
-    print(f"run {run_id}: training {cfg.episodes} episode(s) on {', '.join(env.symbols)}, "
-          f"{env.dates[0]} .. {env.dates[-1]}, seed {cfg.seed}, {env.num_envs} env(s)")  # fmt: skip
     try:
         model.learn(total_timesteps=budget, callback=callback, reset_num_timesteps=state["total_steps"] == 0)
     except KeyboardInterrupt:
@@ -437,7 +434,10 @@ def train(engine: sa.Engine, cfg: TrainSettings) -> int:
     state = resume_run(engine, state) if resume_zip else new_run(engine, cfg, symbols, bars)
     seed_everything(cfg)
     env = make_training_env(cfg, bars, cfg.seed + state["next_episode"] - 1)
-    return run_training(engine, cfg, build_model(cfg, env, resume_zip), env, state)
+    try:
+        return run_training(engine, cfg, build_model(cfg, env, resume_zip), env, state)
+    finally:
+        env.close()  # stops the TensorTrade backend's worker processes now rather than at exit
 
 
 def _resumed_settings(state: dict[str, Any]) -> dict[str, Any]:

@@ -25,14 +25,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import create_tt_tables
 import db_utils
-import trading_env
+import trading_vec_env
 import train_mvp
 
 PG_URL = os.environ.get("TT_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
 SAMPLE = Path(__file__).resolve().parent.parent / "data" / "sample_daily_bars.csv.gz"
 ROUNDS = 3
 ORIGINAL_TRAINING = train_mvp.run_training
-ORIGINAL_STEP = trading_env.VecTradingEnv.step_wait
+ORIGINAL_STEP = trading_vec_env.VecTradingEnv.step_wait
 
 
 def timed(owner: type | object, name: str, totals: dict[str, float]) -> None:
@@ -53,7 +53,7 @@ def one_run(url: str, folder: Path, symbols: str, step_log: bool) -> dict[str, f
     """Train 2 episodes; return wall time of training, env time and env steps."""
     totals: dict[str, float] = {}
     timed(train_mvp, "run_training", totals)
-    timed(trading_env.VecTradingEnv, "step_wait", totals)
+    timed(trading_vec_env.VecTradingEnv, "step_wait", totals)
     flags = ["--episodes", "2", "--symbols", symbols, "--seed", "0", "--database-url", url,
              "--checkpoint-dir", str(folder), "--log-dir", str(folder)]  # fmt: skip
     flags += [] if step_log else ["--no-step-log"]
@@ -61,7 +61,7 @@ def one_run(url: str, folder: Path, symbols: str, step_log: bool) -> dict[str, f
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
             assert train_mvp.main(flags) == 0
     finally:
-        train_mvp.run_training, trading_env.VecTradingEnv.step_wait = ORIGINAL_TRAINING, ORIGINAL_STEP
+        train_mvp.run_training, trading_vec_env.VecTradingEnv.step_wait = ORIGINAL_TRAINING, ORIGINAL_STEP
     engine = db_utils.make_engine(url)
     with engine.connect() as conn:
         steps, logged = conn.execute(sa.text(

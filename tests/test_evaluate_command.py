@@ -120,3 +120,22 @@ def test_train_mvp_evaluate_delegates_to_the_evaluation(
     assert {r.policy for r in stored(engine)} == POLICIES
     assert {r.slice_start for r in stored(engine)} == {dt.date(2000, 8, 1)}
     assert (tmp_path / "via_train" / "run-1" / "report.html").is_file()
+
+
+def test_checkpoint_that_reads_other_observations_is_refused(
+    engine: sa.Engine, tiny_run: dict, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    changed = {**tiny_run["config"]["env"], "window_size": 7}  # the model was trained on 5-day windows
+    with engine.begin() as conn:
+        conn.execute(tables.runs.update().values(config={**tiny_run["config"], "env": changed}))
+    assert evaluate(engine, tmp_path, "--run", "run-1") == ExitCode.REFUSED
+    assert "reads observations of shape" in capsys.readouterr().err
+
+
+def test_tensortrade_run_is_refused_clearly(
+    engine: sa.Engine, tiny_run: dict, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    with engine.begin() as conn:
+        conn.execute(tables.runs.update().values(backend="tensortrade"))
+    assert evaluate(engine, tmp_path, "--run", "run-1") == ExitCode.REFUSED
+    assert "TensorTrade backend" in capsys.readouterr().err

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -181,14 +180,6 @@ def test_flagged_symbols_refused_unless_forced(stored: sa.Engine, tmp_path: Path
         _train(stored, tmp_path, "--episodes", "1")
     assert err.value.exit_code == ExitCode.REFUSED and "TLT" in str(err.value)
     assert _train(stored, tmp_path, "--episodes", "1", "--force") == 0
-
-
-def test_tensortrade_backend_missing_is_clear(stored: sa.Engine, tmp_path: Path) -> None:
-    if importlib.util.find_spec("tensortrade_backend") and importlib.util.find_spec("tensortrade"):
-        pytest.skip("the TensorTrade backend is installed: nothing to refuse")
-    with pytest.raises(UserError) as err:
-        _train(stored, tmp_path, "--backend", "tensortrade")
-    assert err.value.exit_code == ExitCode.SOURCE_UNAVAILABLE
 
 
 @pytest.mark.postgres

@@ -189,6 +189,10 @@ def test_connection_killed_mid_batch_leaves_no_partial_batch(pg_url: str, sample
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline and not killed:
             with admin.connect() as conn:
+                # Strike only the SLOW batch: wait until the first batch (SPY) is committed.
+                if conn.execute(sa.text("SELECT count(*) FROM tt_prices WHERE symbol = 'SPY'")).scalar() < 100:
+                    time.sleep(0.01)
+                    continue
                 pids = conn.execute(
                     sa.text(
                         "SELECT pid FROM pg_stat_activity WHERE query LIKE '%INSERT INTO tt_prices AS p%' "

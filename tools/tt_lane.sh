@@ -2,10 +2,12 @@
 # The TensorTrade test lane: a Python >= 3.12 virtual environment (.venv-tt) with requirements-tensortrade.txt,
 # then the backend tests (default) or the backend benchmark (`tools/tt_lane.sh bench`).
 #
-# Interpreter, first found wins: $TT_PYTHON; ~/.pyenv/versions/3.12.* (newest first); python3.12, then
-# python3.13 on PATH. With none, the lane prints why it was skipped and exits 0. An existing .venv-tt on any
-# Python >= 3.12 is kept.
-# No torch / stable-baselines3 here: on 3.12 the registry only has the multi-GB CUDA torch build.
+# Interpreter to create .venv-tt from, first found wins: $TT_BASE_PYTHON; ~/.pyenv/versions/3.12.* (newest
+# first); python3.12, then python3.13 on PATH. With none, the lane prints why it was skipped and exits 0. An
+# existing .venv-tt on any Python >= 3.12 is kept.
+# No torch / stable-baselines3 here: on 3.12 the registry only has the multi-GB CUDA torch build. Training
+# through TensorTrade (tests/test_tensortrade_train.py) therefore runs in the main .venv (made by
+# `make venv-dev` when missing), with TT_PYTHON pointing at .venv-tt's interpreter for the env workers.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=.venv-tt
@@ -15,9 +17,9 @@ supported() { "$1" -c 'import sys; sys.exit(sys.version_info < (3, 12))' 2>/dev/
 
 find_python() {
     local candidate
-    if [ -n "${TT_PYTHON:-}" ]; then
-        supported "$TT_PYTHON" && { echo "$TT_PYTHON"; return; }
-        echo "tt-lane: TT_PYTHON=$TT_PYTHON is not a Python >= 3.12 interpreter" >&2
+    if [ -n "${TT_BASE_PYTHON:-}" ]; then
+        supported "$TT_BASE_PYTHON" && { echo "$TT_BASE_PYTHON"; return; }
+        echo "tt-lane: TT_BASE_PYTHON=$TT_BASE_PYTHON is not a Python >= 3.12 interpreter" >&2
         exit 2
     fi
     for candidate in $(ls -d "$HOME"/.pyenv/versions/3.12.* 2>/dev/null | sort -rV); do
@@ -31,7 +33,7 @@ find_python() {
 
 PY="$(find_python)"
 if [ -z "$PY" ]; then
-    echo "tt-lane: SKIPPED: no Python >= 3.12 found (looked at \$TT_PYTHON, ~/.pyenv/versions/3.12.*," \
+    echo "tt-lane: SKIPPED: no Python >= 3.12 found (looked at \$TT_BASE_PYTHON, ~/.pyenv/versions/3.12.*," \
         "python3.12 and python3.13 on PATH); tensortrade 1.0.4 needs 3.12, so the TensorTrade backend is untested"
     exit 0
 fi
@@ -47,11 +49,15 @@ if ! cmp -s requirements-tensortrade.txt "$VENV/.installed" 2>/dev/null; then
 fi
 echo "tt-lane: $VENV on $("$VENV/bin/python" --version) (interpreter found: $PY), tensortrade $("$VENV/bin/pip" show tensortrade | sed -n 's/^Version: //p')"
 
-# TT_LANE=1: the backend tests fail instead of skipping when tensortrade cannot be imported
-export TF_CPP_MIN_LOG_LEVEL=2 TT_LANE=1
+# TT_LANE=1: the tests fail instead of skipping when tensortrade or its interpreter is missing
+export TF_CPP_MIN_LOG_LEVEL=2 TT_LANE=1 TT_PYTHON="$PWD/$VENV/bin/python"
 case "$MODE" in
-    test)  # the repository conftest needs the main lane's database stack: the backend tests do not use it
-        exec "$VENV/bin/python" -m pytest --noconftest -p no:cacheprovider tests/test_tensortrade_backend.py ;;
+    test)
+        # the repository conftest needs the main lane's database stack: the backend tests do not use it
+        "$VENV/bin/python" -m pytest --noconftest -p no:cacheprovider tests/test_tensortrade_backend.py
+        # PPO (torch) in the main venv, TensorTrade environments in .venv-tt worker processes
+        [ -x .venv/bin/python ] || make venv-dev
+        .venv/bin/python -m pytest -p no:cacheprovider -n "${TEST_WORKERS:-2}" tests/test_tensortrade_train.py ;;
     bench) exec "$VENV/bin/python" bench/bench_tensortrade.py ;;
     *) echo "usage: tools/tt_lane.sh [test|bench]" >&2; exit 2 ;;
 esac
