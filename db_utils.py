@@ -21,11 +21,9 @@ import pandas as pd
 import sqlalchemy as sa
 
 import create_tt_tables as tables
+from bar_validation import VALUE_COLUMNS, normalized_dates, validate_bars
 from settings import ExitCode, UserError, mask_secret
 
-PRICE_COLUMNS = ("open", "high", "low", "close")
-VALUE_COLUMNS = ("open", "high", "low", "close", "adj_close", "volume")
-OHLC_TOLERANCE = 1e-4  # relative slack for open/close vs [low, high]: absorbs rounding, not bad prints
 DEFAULT_BATCH_ROWS = 50_000
 
 
@@ -187,76 +185,10 @@ class UpsertResult:
         return self.error is None
 
 
-def _normalized_dates(values: pd.Series) -> pd.Series:
-    if pd.api.types.is_datetime64_any_dtype(values):
-        return values.dt.tz_localize(None).dt.normalize() if values.dt.tz is not None else values.dt.normalize()
-    return pd.to_datetime(values, errors="coerce", format="mixed").dt.normalize()
-
-
-def validate_bars(bars: pd.DataFrame) -> tuple[np.ndarray, pd.DataFrame]:
-    """Check bars before writing.
-
-    :return: (boolean mask of valid rows, rejected rows as ``symbol, date, reason``). Rules, first match wins:
-        missing symbol or date; missing or non-positive open/high/low/close (or adj_close when given);
-        high < low; open or close outside [low, high] by more than :data:`OHLC_TOLERANCE`; missing or negative
-        volume; duplicate (symbol, date): identical copies keep the first, conflicting copies are all rejected.
-    """
-    missing = [c for c in ("symbol", "date", *PRICE_COLUMNS, "volume") if c not in bars.columns]
-    if missing:
-        raise UserError(f"bars are missing column(s): {', '.join(missing)}")
-    dates = _normalized_dates(bars["date"])
-    symbol = bars["symbol"]
-    prices = bars.loc[:, list(PRICE_COLUMNS)].apply(pd.to_numeric, errors="coerce")
-    o, h, lo, c = (prices[col].to_numpy(dtype="float64") for col in PRICE_COLUMNS)
-    adj = pd.to_numeric(bars["adj_close"], errors="coerce").to_numpy("float64") if "adj_close" in bars else None
-    volume = pd.to_numeric(bars["volume"], errors="coerce").to_numpy("float64")
-    slack = OHLC_TOLERANCE * np.abs(h)
-    with np.errstate(invalid="ignore"):
-        conditions = [
-            (symbol.isna() | (symbol.astype("string").str.strip() == "")).to_numpy(bool),
-            dates.isna().to_numpy(bool),
-            np.isnan(prices.to_numpy("float64")).any(axis=1),
-            (prices.to_numpy("float64") <= 0).any(axis=1) | (adj is not None and (adj <= 0)),
-            h < lo,
-            (o > h + slack) | (o < lo - slack) | (c > h + slack) | (c < lo - slack),
-            np.isnan(volume),
-            volume < 0,
-        ]
-    reasons = [
-        "missing symbol",
-        "missing or unparseable date",
-        "missing price",
-        "non-positive price",
-        "high < low",
-        "open/close outside [low, high]",
-        "missing volume",
-        "negative volume",
-    ]
-    reason = np.select(conditions, reasons, default="")
-    key = pd.DataFrame({"symbol": symbol.to_numpy(), "date": dates.to_numpy()})
-    dup_any = key.duplicated(keep=False).to_numpy() & (reason == "")
-    if dup_any.any():
-        values = pd.concat(
-            [key, bars.loc[:, [c for c in VALUE_COLUMNS if c in bars.columns]].reset_index(drop=True)], axis=1
-        )
-        candidates = values[dup_any]
-        conflicting = candidates.drop_duplicates().duplicated(["symbol", "date"], keep=False)
-        bad_keys = candidates.drop_duplicates()[conflicting][["symbol", "date"]].drop_duplicates()
-        in_conflict = key.merge(bad_keys.assign(_c=True), how="left", on=["symbol", "date"])["_c"].fillna(False)
-        reason = np.where(dup_any & in_conflict.to_numpy(bool), "conflicting duplicate (symbol, date)", reason)
-        extra_copy = values.duplicated(keep="first").to_numpy() & dup_any & (reason == "")
-        reason = np.where(extra_copy, "duplicate (symbol, date)", reason)
-    bad = reason != ""
-    rejected = pd.DataFrame(
-        {"symbol": symbol[bad].to_numpy(), "date": bars["date"][bad].to_numpy(), "reason": reason[bad]}
-    )
-    return ~bad, rejected
-
-
 def _batch_frame(bars: pd.DataFrame, rows: np.ndarray, source: str | None) -> pd.DataFrame:
     part = bars.iloc[rows]
     out = pd.DataFrame({"symbol": part["symbol"].astype(str).str.strip().to_numpy()})
-    out["date"] = _normalized_dates(part["date"]).dt.strftime("%Y-%m-%d").to_numpy()
+    out["date"] = normalized_dates(part["date"]).dt.strftime("%Y-%m-%d").to_numpy()
     for col in VALUE_COLUMNS:
         values = part[col] if col in part.columns else pd.Series(np.nan, index=part.index)
         out[col] = pd.to_numeric(values, errors="coerce").to_numpy("float64")

@@ -21,6 +21,7 @@ import pandas as pd
 import sqlalchemy as sa
 from tqdm import tqdm
 
+import bar_validation
 import coverage_check
 import create_tt_tables as tables
 import db_utils
@@ -230,7 +231,7 @@ class Ingest:
         if frames and not self.s.dry_run:
             result = db_utils.upsert_price_bars(self.engine, pd.concat(frames, ignore_index=True), source=self.s.source)
         elif frames:
-            _, rejected = db_utils.validate_bars(pd.concat(frames, ignore_index=True))
+            _, rejected = bar_validation.validate_bars(pd.concat(frames, ignore_index=True))
             result.rejected_rows = rejected
             result.per_symbol = rejected.groupby("symbol").size().to_frame("rejected")
         if len(result.rejected_rows):

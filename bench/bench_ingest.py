@@ -25,6 +25,7 @@ import sqlalchemy as sa
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+import bar_validation  # noqa: E402
 import create_tt_tables  # noqa: E402
 import db_utils  # noqa: E402
 
@@ -64,7 +65,7 @@ def baselines(url: str) -> dict[str, tuple[float, int]]:
     bars.to_sql("baseline_to_sql", engine, index=False, chunksize=50_000)  # pandas defaults: batched INSERTs
     to_sql_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    db_utils.validate_bars(bars)
+    bar_validation.validate_bars(bars)
     validate_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     db_utils.upsert_price_bars(engine, bars, source="bench")

@@ -22,6 +22,7 @@ import sqlalchemy as sa
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import bar_validation
 import create_tt_tables
 import db_utils
 
@@ -47,7 +48,7 @@ def fresh_schema(admin: sa.Engine, url: str) -> tuple[str, sa.Engine]:
 
 def bare_copy(engine: sa.Engine, bars: pd.DataFrame) -> None:
     buffer = io.StringIO()
-    bars.to_csv(buffer, header=False, index=False, columns=["symbol", "date", *db_utils.VALUE_COLUMNS])
+    bars.to_csv(buffer, header=False, index=False, columns=["symbol", "date", *bar_validation.VALUE_COLUMNS])
     buffer.seek(0)
     with engine.begin() as conn:
         cursor = conn.connection.dbapi_connection.cursor()
@@ -62,7 +63,7 @@ def main() -> None:
     parser.add_argument("--url", default="postgresql://postgres@127.0.0.1:5432/test")
     args = parser.parse_args()
     bars = pd.read_csv(SCALE_CSV)
-    valid = bars[db_utils.validate_bars(bars)[0]]
+    valid = bars[bar_validation.validate_bars(bars)[0]]
     n = len(bars)
     admin = db_utils.make_engine(args.url)
     schemas = []

@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import sqlalchemy as sa
 
@@ -87,3 +88,28 @@ def engine(db_url: str) -> Iterator[sa.Engine]:
     create_tt_tables.ensure_schema(eng)
     yield eng
     eng.dispose()
+
+
+def engine_with_bars(url: str, bars: pd.DataFrame) -> sa.Engine:
+    """An engine on ``url`` with the schema created and ``bars`` stored."""
+    import create_tt_tables
+
+    engine = db_utils.make_engine(url)
+    create_tt_tables.ensure_schema(engine)
+    assert db_utils.upsert_price_bars(engine, bars).ok
+    return engine
+
+
+def read_table(engine: sa.Engine, table: sa.Table) -> pd.DataFrame:
+    """Every row of ``table``."""
+    with engine.connect() as conn:
+        return pd.DataFrame(conn.execute(sa.select(table)).mappings().all())
+
+
+def run_train(engine: sa.Engine, tmp_path: Path, *args: str) -> int:
+    """``train_mvp.main`` on ``engine``'s database, checkpoints and logs under ``tmp_path``."""
+    import train_mvp
+
+    url = engine.url.render_as_string(hide_password=False)
+    folders = ["--checkpoint-dir", str(tmp_path / "ckpt"), "--log-dir", str(tmp_path / "log")]
+    return train_mvp.main([*args, "--database-url", url, *folders])

