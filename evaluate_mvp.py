@@ -24,6 +24,7 @@ import create_tt_tables as tables
 import db_utils
 import features
 import report_mvp
+import run_records
 import train_mvp
 from features import TRADING_DAYS_PER_YEAR
 from settings import REPO_ROOT, CommonSettings, ExitCode, UserError, parse_command, setting
@@ -32,7 +33,6 @@ from trading_env import Market, TradingEnv, build_market, make_env
 
 ANNUALIZATION = TRADING_DAYS_PER_YEAR
 FINAL_CHECKPOINT = f"{train_mvp.FINAL}.zip"  # written when training ends (also when interrupted or failed)
-FINISHED_STATUSES = ("finished",)  # what --run latest picks from: runs that trained all their episodes
 
 
 # ------------------------------------------------------------------------------------------------ metrics
@@ -271,28 +271,6 @@ def evaluate_policies(market: Market, env_settings: dict[str, Any], policies: di
     return Evaluation(first[0].date(), first[-1].date(), metrics, traces, weights)
 
 
-# ------------------------------------------------------------------------------------------------ runs
-def load_run(engine: sa.Engine, run: str) -> dict[str, Any]:
-    """The ``tt_runs`` row of ``run`` (``latest``: the most recently started run with a finished status).
-
-    :raise UserError: (NOT_FOUND) no such run.
-    """
-    r = tables.runs
-    query = sa.select(r)
-    if run == "latest":
-        query = query.where(r.c.status.in_(FINISHED_STATUSES)).order_by(r.c.started_at.desc()).limit(1)
-    else:
-        query = query.where(r.c.run_id == run)
-    with engine.connect() as conn:
-        row = conn.execute(query).mappings().first()
-    if row is None:
-        if run == "latest":
-            raise UserError("no finished training run in tt_runs: train one first (python train_mvp.py --episodes N)",
-                            ExitCode.NOT_FOUND)  # fmt: skip
-        raise UserError(f"run {run!r} is not in tt_runs (python train_mvp.py --show-run latest)", ExitCode.NOT_FOUND)
-    return dict(row)
-
-
 def final_checkpoint(run: dict[str, Any]) -> Path:
     """Path of the run's final checkpoint; :raise UserError: (NOT_FOUND) when it is not on disk."""
     folder = Path(run["checkpoint_dir"] or "")
@@ -334,14 +312,6 @@ def store_evaluation(engine: sa.Engine, run_id: str, evaluation: Evaluation) -> 
     with engine.begin() as conn:
         conn.execute(e.delete().where(same_slice))
         conn.execute(e.insert(), rows)
-
-
-def read_episodes(engine: sa.Engine, run_id: str) -> pd.DataFrame:
-    """The run's ``tt_episodes`` rows (episode, reward_sum, net_worth_start, net_worth_end), by episode."""
-    e = tables.episodes
-    query = sa.select(e.c.episode, e.c.reward_sum, e.c.net_worth_start, e.c.net_worth_end)
-    with engine.connect() as conn:
-        return pd.read_sql_query(query.where(e.c.run_id == run_id).order_by(e.c.episode), conn)
 
 
 # ------------------------------------------------------------------------------------------------ command
@@ -394,7 +364,7 @@ def evaluate_run(engine: sa.Engine, settings: EvaluateSettings) -> Path:
     :return: the path of ``report.html``.
     :raise UserError: NOT_FOUND for an unknown run or a missing checkpoint, REFUSED when the data do not fit.
     """
-    run = load_run(engine, settings.run)
+    run = run_records.find_run(engine, settings.run, finished_only=True)
     if run.get("backend") == "tensortrade":
         raise UserError(
             f"run {run['run_id']} was trained on the TensorTrade backend, whose observations differ from the native "
@@ -414,7 +384,7 @@ def evaluate_run(engine: sa.Engine, settings: EvaluateSettings) -> Path:
     evaluation = evaluate_policies(market, env_settings, policies)
     if settings.store:
         store_evaluation(engine, run["run_id"], evaluation)
-    episodes = read_episodes(engine, run["run_id"])
+    episodes = run_records.read_episodes(engine, run["run_id"])
     html = report_mvp.write_report(settings.out_dir / run["run_id"], run, evaluation, episodes, env_settings)
     print(f"run {run['run_id']}: {evaluation.start} .. {evaluation.end}, {len(market.symbols)} symbols")
     print(report_mvp.format_metrics(evaluation.metrics).to_string())

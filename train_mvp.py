@@ -11,14 +11,10 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import hashlib
-import importlib.metadata
 import json
 import signal
-import subprocess
 import time
 import typing
-import uuid
 from pathlib import Path
 from typing import Any, Literal
 
@@ -28,16 +24,15 @@ import sqlalchemy as sa
 from stable_baselines3.common.callbacks import BaseCallback
 from tqdm import tqdm
 
-import create_tt_tables as tables
 import db_utils
 import features
+import run_records
 import settings
 from settings import REPO_ROOT, CommonSettings, ExitCode, UserError, setting
 from step_logger import StepLogger, load_fallback
 from tensortrade_risk_module import EnvConfig
 
 FINAL = "final"
-PACKAGES = ("numpy", "pandas", "torch", "stable-baselines3", "gymnasium", "SQLAlchemy")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,27 +113,6 @@ def training_slice(engine: sa.Engine, cfg: TrainSettings, symbols: list[str]) ->
     return bars.reset_index(drop=True), list(data.symbols)
 
 
-def fingerprint(bars: pd.DataFrame) -> str:
-    """SHA-256 of the exact bars trained on (order-independent)."""
-    ordered = bars.sort_values(["symbol", "date"], ignore_index=True)
-    return hashlib.sha256(pd.util.hash_pandas_object(ordered, index=False).to_numpy().tobytes()).hexdigest()
-
-
-def code_version() -> str | None:
-    """``git describe --always --dirty`` of the repository, when git knows it."""
-    try:
-        out = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=REPO_ROOT, capture_output=True,
-                             text=True, timeout=5, check=True)  # fmt: skip
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None
-
-
-def package_versions() -> dict[str, str]:
-    """Installed versions of the packages that decide the numbers."""
-    return {name: importlib.metadata.version(name) for name in PACKAGES}
-
-
 # ------------------------------------------------------------------------------------------------ environment
 
 
@@ -211,83 +185,18 @@ def read_checkpoint(path: Path) -> tuple[dict[str, Any], Path]:
     return state, state_file.with_suffix(".zip")
 
 
-# ------------------------------------------------------------------------------------------------ runs
-
-
-def new_run(engine: sa.Engine, cfg: TrainSettings, symbols: list[str], bars: pd.DataFrame) -> dict[str, Any]:
-    """Insert the ``tt_runs`` row of a new run and return its state (run id, counters, folder)."""
-    run_id = f"{dt.datetime.now(dt.UTC):%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}"
-    folder = (cfg.checkpoint_dir / run_id).resolve()
-    config = {
-        "env": env_settings(cfg),
-        "train": {k: v for k, v in _settings_record(cfg).items() if k not in env_settings(cfg)},
-    }
-    row = {
-        "run_id": run_id, "status": "running", "started_at": dt.datetime.now(dt.UTC), "backend": cfg.backend,
-        "config": json.loads(json.dumps(config, default=str)), "seed": cfg.seed, "symbols": symbols,
-        "slice_start": pd.Timestamp(bars["date"].min()).date(), "slice_end": pd.Timestamp(bars["date"].max()).date(),
-        "data_fingerprint": fingerprint(bars), "package_versions": package_versions(),
-        "code_version": code_version(), "checkpoint_dir": str(folder), "episodes_done": 0, "total_steps": 0,
-    }  # fmt: skip
-    with engine.begin() as conn:
-        conn.execute(tables.runs.insert().values(**row))
-    return {"run_id": run_id, "folder": str(folder), "next_episode": 1, "episodes_done": 0, "total_steps": 0}
-
-
 def _settings_record(cfg: TrainSettings) -> dict[str, Any]:
+    """Every setting, secrets masked: what runs and checkpoints record."""
     masked = {f.name for f in dataclasses.fields(cfg) if f.metadata.get("secret")}
     return {k: (settings.mask_secret(v) if k in masked else v) for k, v in dataclasses.asdict(cfg).items()}
 
 
-_ORPHANS = """
-INSERT INTO tt_episodes (run_id, episode, steps, start_date, end_date, reward_sum, max_drawdown, stop_reason)
-SELECT s.run_id, s.episode, count(*), min(s.date), max(s.date), sum(s.reward), max(s.drawdown), 'cut'
-FROM tt_steps s WHERE s.run_id = :run AND NOT EXISTS
-  (SELECT 1 FROM tt_episodes e WHERE e.run_id = s.run_id AND e.episode = s.episode)
-GROUP BY s.run_id, s.episode
-"""
-
-
-def resume_run(engine: sa.Engine, state: dict[str, Any]) -> dict[str, Any]:
-    """Continue the checkpoint's run: refuse if it is not the run's latest, close episodes a crash left open."""
-    run_id = state["run_id"]
-    e = tables.episodes
-    with engine.begin() as conn:
-        if conn.execute(sa.select(tables.runs.c.run_id).where(tables.runs.c.run_id == run_id)).first() is None:
-            raise UserError(f"run {run_id!r} of this checkpoint is not in tt_runs of this database", ExitCode.NOT_FOUND)
-        later = conn.execute(sa.select(sa.func.count()).where(
-            e.c.run_id == run_id, e.c.episode >= state["next_episode"], e.c.stop_reason != "cut")).scalar()  # fmt: skip
-        if later:
-            raise UserError(f"run {run_id} has {later} episode(s) recorded after this checkpoint; resume from its "
-                            f"latest checkpoint in {state['folder']}", ExitCode.REFUSED)  # fmt: skip
-        conn.execute(sa.text(_ORPHANS), {"run": run_id})
-        highest = conn.execute(sa.select(sa.func.max(e.c.episode)).where(e.c.run_id == run_id)).scalar() or 0
-        conn.execute(tables.runs.update().where(tables.runs.c.run_id == run_id).values(status="running", error=None))
-    return {**state, "next_episode": max(state["next_episode"], highest + 1)}
-
-
-def show_run(engine: sa.Engine, run: str, last: int) -> None:
-    """Print a run's summary, its per-episode aggregates and its last ``last`` steps."""
-    r = tables.runs
-    query = sa.select(r).order_by(r.c.started_at.desc()).limit(1) if run == "latest" else (
-        sa.select(r).where(r.c.run_id == run))  # fmt: skip
-    with engine.connect() as conn:
-        row = conn.execute(query).mappings().first()
-        if row is None:
-            raise UserError(f"run {run!r} not found in tt_runs", ExitCode.NOT_FOUND)
-        run_id = row["run_id"]
-        episodes = pd.read_sql_query(sa.select(tables.episodes).where(tables.episodes.c.run_id == run_id)
-                                     .order_by(tables.episodes.c.episode), conn)  # fmt: skip
-        s = tables.steps
-        steps = pd.read_sql_query(sa.select(s).where(s.c.run_id == run_id).order_by(s.c.episode.desc(),
-                                  s.c.step.desc()).limit(last), conn)  # fmt: skip
-    print(f"run {run_id}: {row['status']}, {row['episodes_done']} episodes, {row['total_steps']} steps, "
-          f"symbols {', '.join(row['symbols'] or [])}, slice {row['slice_start']} .. {row['slice_end']}, "
-          f"seed {row['seed']}, checkpoints {row['checkpoint_dir']}")  # fmt: skip
-    with pd.option_context("display.width", 200, "display.max_columns", 20, "display.max_colwidth", 60):
-        print("\nepisodes:\n" + (episodes.drop(columns="run_id").to_string(index=False) if len(episodes) else "(none)"))
-        shown = steps.iloc[::-1].drop(columns="run_id")
-        print(f"\nlast {len(shown)} steps:\n" + (shown.to_string(index=False) if len(shown) else "(none)"))
+def new_run(engine: sa.Engine, cfg: TrainSettings, symbols: list[str], bars: pd.DataFrame) -> dict[str, Any]:
+    """Record a new run with its full effective configuration (``env``: EnvConfig fields, ``train``: the rest)."""
+    env = env_settings(cfg)
+    train = {k: v for k, v in _settings_record(cfg).items() if k not in env}
+    return run_records.new_run(engine, config={"env": env, "train": train}, backend=cfg.backend, seed=cfg.seed,
+                               symbols=symbols, bars=bars, checkpoint_dir=cfg.checkpoint_dir)  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------------ training
@@ -431,7 +340,7 @@ def train(engine: sa.Engine, cfg: TrainSettings) -> int:
         state, resume_zip = read_checkpoint(cfg.resume)
         cfg = dataclasses.replace(cfg, **_resumed_settings(state))
     bars, symbols = training_slice(engine, cfg, requested_symbols(cfg))
-    state = resume_run(engine, state) if resume_zip else new_run(engine, cfg, symbols, bars)
+    state = run_records.resume_run(engine, state) if resume_zip else new_run(engine, cfg, symbols, bars)
     seed_everything(cfg)
     env = make_training_env(cfg, bars, cfg.seed + state["next_episode"] - 1)
     try:
@@ -471,7 +380,7 @@ def main(argv: list[str] | None = None) -> int:
               "stored were left alone)")  # fmt: skip
         return int(ExitCode.OK)
     if cfg.show_run is not None:
-        show_run(engine, cfg.show_run, cfg.last)
+        run_records.show_run(engine, cfg.show_run, cfg.last)
         return int(ExitCode.OK)
     if cfg.episodes < 1 or cfg.n_envs < 1:
         raise UserError("--episodes and --n-envs must be >= 1")

@@ -1,0 +1,151 @@
+"""Training-run records: create and resume a run's ``tt_runs`` row, find a run, and print one back.
+
+Shared by ``train_mvp.py`` (which writes runs and shows them with ``--show-run``) and ``evaluate_mvp.py`` (which
+evaluates them), so both agree on what "latest" means and what a run record holds.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import importlib.metadata
+import json
+import subprocess
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import sqlalchemy as sa
+
+import create_tt_tables as tables
+from settings import REPO_ROOT, ExitCode, UserError
+
+PACKAGES = ("numpy", "pandas", "torch", "stable-baselines3", "gymnasium", "SQLAlchemy")
+FINISHED_STATUSES = ("finished",)  # what evaluation's "latest" picks from: runs that trained all their episodes
+
+
+def fingerprint(bars: pd.DataFrame) -> str:
+    """SHA-256 of the exact bars trained on (order-independent)."""
+    ordered = bars.sort_values(["symbol", "date"], ignore_index=True)
+    return hashlib.sha256(pd.util.hash_pandas_object(ordered, index=False).to_numpy().tobytes()).hexdigest()
+
+
+def code_version() -> str | None:
+    """``git describe --always --dirty`` of the repository, when git knows it."""
+    try:
+        out = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=REPO_ROOT, capture_output=True,
+                             text=True, timeout=5, check=True)  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def package_versions() -> dict[str, str]:
+    """Installed versions of the packages that decide the numbers."""
+    return {name: importlib.metadata.version(name) for name in PACKAGES}
+
+
+def new_run(
+    engine: sa.Engine,
+    *,
+    config: dict[str, Any],
+    backend: str,
+    seed: int,
+    symbols: list[str],
+    bars: pd.DataFrame,
+    checkpoint_dir: Path,
+) -> dict[str, Any]:
+    """Insert the ``tt_runs`` row of a new run and return its state (run id, counters, checkpoint folder).
+
+    :param config: the full effective configuration (``{"env": ..., "train": ...}``, secrets already masked).
+    :param symbols: the traded symbols, in the environment's asset order.
+    :param bars: the exact bars trained on (their date range and fingerprint are recorded).
+    """
+    run_id = f"{dt.datetime.now(dt.UTC):%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}"
+    folder = (checkpoint_dir / run_id).resolve()
+    row = {
+        "run_id": run_id, "status": "running", "started_at": dt.datetime.now(dt.UTC), "backend": backend,
+        "config": json.loads(json.dumps(config, default=str)), "seed": seed, "symbols": symbols,
+        "slice_start": pd.Timestamp(bars["date"].min()).date(), "slice_end": pd.Timestamp(bars["date"].max()).date(),
+        "data_fingerprint": fingerprint(bars), "package_versions": package_versions(),
+        "code_version": code_version(), "checkpoint_dir": str(folder), "episodes_done": 0, "total_steps": 0,
+    }  # fmt: skip
+    with engine.begin() as conn:
+        conn.execute(tables.runs.insert().values(**row))
+    return {"run_id": run_id, "folder": str(folder), "next_episode": 1, "episodes_done": 0, "total_steps": 0}
+
+
+_ORPHANS = """
+INSERT INTO tt_episodes (run_id, episode, steps, start_date, end_date, reward_sum, max_drawdown, stop_reason)
+SELECT s.run_id, s.episode, count(*), min(s.date), max(s.date), sum(s.reward), max(s.drawdown), 'cut'
+FROM tt_steps s WHERE s.run_id = :run AND NOT EXISTS
+  (SELECT 1 FROM tt_episodes e WHERE e.run_id = s.run_id AND e.episode = s.episode)
+GROUP BY s.run_id, s.episode
+"""
+
+
+def resume_run(engine: sa.Engine, state: dict[str, Any]) -> dict[str, Any]:
+    """Continue the checkpoint's run: refuse if it is not the run's latest, close episodes a crash left open."""
+    run_id = state["run_id"]
+    e = tables.episodes
+    with engine.begin() as conn:
+        if conn.execute(sa.select(tables.runs.c.run_id).where(tables.runs.c.run_id == run_id)).first() is None:
+            raise UserError(f"run {run_id!r} of this checkpoint is not in tt_runs of this database", ExitCode.NOT_FOUND)
+        later = conn.execute(sa.select(sa.func.count()).where(
+            e.c.run_id == run_id, e.c.episode >= state["next_episode"], e.c.stop_reason != "cut")).scalar()  # fmt: skip
+        if later:
+            raise UserError(f"run {run_id} has {later} episode(s) recorded after this checkpoint; resume from its "
+                            f"latest checkpoint in {state['folder']}", ExitCode.REFUSED)  # fmt: skip
+        conn.execute(sa.text(_ORPHANS), {"run": run_id})
+        highest = conn.execute(sa.select(sa.func.max(e.c.episode)).where(e.c.run_id == run_id)).scalar() or 0
+        conn.execute(tables.runs.update().where(tables.runs.c.run_id == run_id).values(status="running", error=None))
+    return {**state, "next_episode": max(state["next_episode"], highest + 1)}
+
+
+def find_run(engine: sa.Engine, run: str, *, finished_only: bool = False) -> dict[str, Any]:
+    """The ``tt_runs`` row of ``run``; ``latest`` is the most recently started run (finished, if asked).
+
+    :raise UserError: (NOT_FOUND) no such run, with what to do about it.
+    """
+    r = tables.runs
+    query = sa.select(r)
+    if run == "latest":
+        if finished_only:
+            query = query.where(r.c.status.in_(FINISHED_STATUSES))
+        query = query.order_by(r.c.started_at.desc()).limit(1)
+    else:
+        query = query.where(r.c.run_id == run)
+    with engine.connect() as conn:
+        row = conn.execute(query).mappings().first()
+    if row is not None:
+        return dict(row)
+    if run == "latest":
+        what = "finished training run" if finished_only else "training run"
+        raise UserError(f"no {what} in tt_runs: train one first (python train_mvp.py --episodes N)", ExitCode.NOT_FOUND)
+    raise UserError(f"run {run!r} is not in tt_runs (python train_mvp.py --show-run latest)", ExitCode.NOT_FOUND)
+
+
+def read_episodes(engine: sa.Engine, run_id: str) -> pd.DataFrame:
+    """The run's ``tt_episodes`` rows, by episode."""
+    e = tables.episodes
+    with engine.connect() as conn:
+        return pd.read_sql_query(sa.select(e).where(e.c.run_id == run_id).order_by(e.c.episode), conn)
+
+
+def show_run(engine: sa.Engine, run: str, last: int) -> None:
+    """Print a run's summary, its per-episode aggregates and its last ``last`` steps."""
+    row = find_run(engine, run)
+    run_id = row["run_id"]
+    episodes = read_episodes(engine, run_id)
+    s = tables.steps
+    with engine.connect() as conn:
+        steps = pd.read_sql_query(sa.select(s).where(s.c.run_id == run_id).order_by(s.c.episode.desc(),
+                                  s.c.step.desc()).limit(last), conn)  # fmt: skip
+    print(f"run {run_id}: {row['status']}, {row['episodes_done']} episodes, {row['total_steps']} steps, "
+          f"symbols {', '.join(row['symbols'] or [])}, slice {row['slice_start']} .. {row['slice_end']}, "
+          f"seed {row['seed']}, checkpoints {row['checkpoint_dir']}")  # fmt: skip
+    with pd.option_context("display.width", 200, "display.max_columns", 20, "display.max_colwidth", 60):
+        print("\nepisodes:\n" + (episodes.drop(columns="run_id").to_string(index=False) if len(episodes) else "(none)"))
+        shown = steps.iloc[::-1].drop(columns="run_id")
+        print(f"\nlast {len(shown)} steps:\n" + (shown.to_string(index=False) if len(shown) else "(none)"))
