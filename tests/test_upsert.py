@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -171,7 +172,9 @@ def test_failed_batch_leaves_table_as_before_it_and_names_symbols_not_stored(
 
 @pytest.mark.postgres
 def test_connection_killed_mid_batch_leaves_no_partial_batch(pg_url: str, sample: pd.DataFrame) -> None:
-    engine = db_utils.connect(db_utils_settings(pg_url))
+    # Only this test's own connections are killed (other tests share the server): they carry a unique name.
+    name = f"tt_kill_{uuid.uuid4().hex[:8]}"
+    engine = db_utils.connect(db_utils_settings(f"{pg_url}&application_name={name}"))
     with engine.begin() as conn:  # slow down inserts of SLOW so the batch is surely in flight when killed
         conn.execute(
             sa.text(
@@ -195,9 +198,10 @@ def test_connection_killed_mid_batch_leaves_no_partial_batch(pg_url: str, sample
                     continue
                 pids = conn.execute(
                     sa.text(
-                        "SELECT pid FROM pg_stat_activity WHERE query LIKE '%INSERT INTO tt_prices AS p%' "
-                        "AND state = 'active' AND pid <> pg_backend_pid()"
-                    )
+                        "SELECT pid FROM pg_stat_activity WHERE application_name = :name AND state = 'active' "
+                        "AND query LIKE '%INSERT INTO tt_prices AS p%'"
+                    ),
+                    {"name": name},
                 ).scalars()
                 for pid in pids:
                     conn.execute(sa.text("SELECT pg_terminate_backend(:p)"), {"p": pid})
