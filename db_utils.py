@@ -220,14 +220,11 @@ def _store_batch_postgres(conn: sa.Connection, batch: pd.DataFrame, now: dt.date
     buffer = io.StringIO()
     batch.to_csv(buffer, header=False, index=False)
     buffer.seek(0)
-    cursor = conn.connection.dbapi_connection.cursor()
-    try:
+    with dbapi_cursor(conn) as cursor:
         cursor.execute(_PG_STAGE)
         cursor.copy_expert("COPY tt_prices_stage FROM STDIN WITH (FORMAT csv)", buffer)
         cursor.execute(_PG_MERGE, {"now": now})
         changed = pd.DataFrame(cursor.fetchall(), columns=["symbol", "inserted", "updated"])
-    finally:
-        cursor.close()
     return changed.set_index("symbol")
 
 
@@ -333,11 +330,8 @@ def read_price_bars(
         if conn.dialect.name == "postgresql":  # COPY is ~3x faster than fetching rows through the driver
             sql = query.compile(dialect=conn.dialect, compile_kwargs={"literal_binds": True})
             buffer = io.StringIO()
-            cursor = conn.connection.dbapi_connection.cursor()
-            try:
+            with dbapi_cursor(conn) as cursor:
                 cursor.copy_expert(f"COPY ({sql}) TO STDOUT WITH (FORMAT csv)", buffer)
-            finally:
-                cursor.close()
             buffer.seek(0)
             names = ["symbol", "date", *VALUE_COLUMNS]
             # Only COPY's empty field is NULL: tickers such as NA or NAN must stay text.
@@ -389,6 +383,16 @@ def upsert_rows(
             stmt.on_conflict_do_nothing(index_elements=list(key_columns))
         )  # fmt: skip
         conn.execute(stmt, list(group))
+
+
+@contextlib.contextmanager
+def dbapi_cursor(conn: sa.Connection) -> Iterator[Any]:
+    """The driver's own cursor on ``conn`` (for COPY, which SQLAlchemy does not wrap), closed afterwards."""
+    cursor = conn.connection.dbapi_connection.cursor()
+    try:
+        yield cursor
+    finally:
+        cursor.close()
 
 
 @contextlib.contextmanager

@@ -28,7 +28,7 @@ import numpy as np
 import sqlalchemy as sa
 
 import create_tt_tables as tables
-from db_utils import upsert_rows
+from db_utils import dbapi_cursor, upsert_rows
 
 STEP_SCALARS = ("reward", "net_worth", "cash", "drawdown", "turnover", "fees")
 STEP_COLUMNS = ("run_id", "episode", "step", "date", "action", "target_weights", *STEP_SCALARS)
@@ -123,12 +123,8 @@ def _raw_cursor(engine: sa.Engine) -> Iterator[Any]:
     """A DBAPI cursor inside one transaction; driver errors come out as SQLAlchemy's classes, as elsewhere."""
     dbapi_error = engine.dialect.loaded_dbapi.Error
     try:
-        with engine.begin() as conn:
-            cursor = conn.connection.dbapi_connection.cursor()
-            try:
-                yield cursor
-            finally:
-                cursor.close()
+        with engine.begin() as conn, dbapi_cursor(conn) as cursor:
+            yield cursor
     except dbapi_error as exc:
         raise sa.exc.DBAPIError.instance(None, None, exc, dbapi_error) from exc
 

@@ -50,8 +50,7 @@ def bare_copy(engine: sa.Engine, bars: pd.DataFrame) -> None:
     buffer = io.StringIO()
     bars.to_csv(buffer, header=False, index=False, columns=["symbol", "date", *bar_validation.VALUE_COLUMNS])
     buffer.seek(0)
-    with engine.begin() as conn:
-        cursor = conn.connection.dbapi_connection.cursor()
+    with engine.begin() as conn, db_utils.dbapi_cursor(conn) as cursor:
         cursor.copy_expert(
             "COPY tt_prices (symbol, date, open, high, low, close, adj_close, volume) FROM STDIN WITH (FORMAT csv)",
             buffer,
