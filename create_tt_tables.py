@@ -245,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     if settings is None:
         return 0
     engine = db_utils.connect(settings, create_schema=False)
-    changes = ensure_schema(engine)
+    changes = db_utils.apply_schema(engine)
     print("\n".join(changes) if changes else f"schema is up to date (version {SCHEMA_VERSION}); nothing changed")
     return 0
 

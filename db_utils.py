@@ -31,14 +31,12 @@ DEFAULT_BATCH_ROWS = 50_000
 
 
 def database_url(settings: Any) -> tuple[str, bool]:
-    """The SQLAlchemy URL to use and whether it is the embedded SQLite default.
-
-    ``postgresql://`` and ``postgres://`` URLs are given the psycopg2 driver explicitly.
-    """
+    """The database URL to use and whether it is the embedded SQLite default (:func:`make_engine` picks the
+    driver)."""
     url = (getattr(settings, "database_url", None) or "").strip()
     if not url:
         return f"sqlite:///{Path(settings.sqlite_path).expanduser().resolve()}", True
-    return normalize_url(url), False
+    return url, False
 
 
 def normalize_url(url: str) -> str:
@@ -138,20 +136,23 @@ def connect(settings: Any, *, create_schema: bool = True, announce: Any = print)
     engine = make_engine(url)
     check_connection(engine)
     if create_schema:
-        try:
-            changes = tables.ensure_schema(engine)
-        except sa.exc.SQLAlchemyError as exc:
-            raise classify_connection_error(url, exc) from None
+        changes = apply_schema(engine)
         if changes:
-            fresh = all(c.startswith("created table") for c in changes[:-1]) and len(changes) > len(
-                tables.metadata.tables
+            fresh = f"schema version 0 -> {tables.SCHEMA_VERSION}" in changes and all(
+                c.startswith("created table") for c in changes[:-1]
             )
-            announce(
-                f"Database schema version {tables.SCHEMA_VERSION} created"
-                if fresh
-                else "Database schema: " + "; ".join(changes)
-            )
+            announce(f"Database schema version {tables.SCHEMA_VERSION} created" if fresh else "Database schema: "
+                     + "; ".join(changes))  # fmt: skip
     return engine
+
+
+def apply_schema(engine: sa.Engine) -> list[str]:
+    """:func:`create_tt_tables.ensure_schema`, with a database refusal (e.g. no permission to create tables)
+    turned into a :class:`UserError` with a database exit code instead of a traceback."""
+    try:
+        return tables.ensure_schema(engine)
+    except sa.exc.SQLAlchemyError as exc:
+        raise classify_connection_error(engine.url.render_as_string(hide_password=False), exc) from None
 
 
 # ---------------------------------------------------------------------------------------------------- bars

@@ -93,10 +93,6 @@ class TrainingBars:
     flagged: dict[str, float | None]
     missing: tuple[str, ...] = ()
 
-    def features(self, vol_windows: Sequence[int] = DEFAULT_VOL_WINDOWS) -> pd.DataFrame:
-        """:func:`compute_basic_features` of these bars."""
-        return compute_basic_features(self.bars, vol_windows)
-
 
 def load_training_bars(
     engine: sa.Engine,
@@ -125,5 +121,5 @@ def load_training_bars(
     if symbols is None and not include_flagged:
         bars = bars[~bars["symbol"].isin(list(flagged))].reset_index(drop=True)
     used = tuple(sorted(bars["symbol"].unique()))
-    missing = tuple(x for x in (wanted or ()) if x not in set(used))
+    missing = tuple(sorted(set(wanted or ()) - set(used)))
     return TrainingBars(bars, used, flagged, missing)

@@ -257,7 +257,9 @@ class Ingest:
         elif f.status == wl.FetchStatus.STORED or (f.status == wl.FetchStatus.NO_DATA and f.symbol in since):
             report.status = "ok"  # NO_DATA for a stored symbol: nothing new since the last run
         else:
-            report.status, report.error = str(f.status), f.error or str(f.status)
+            message = f.error or str(f.status)
+            report.status = str(f.status)
+            report.error = f"IB error {f.error_code}: {message}" if f.error_code else message
         if report.error:
             log.warning("%s: %s", f.symbol, report.error)
 
@@ -357,6 +359,10 @@ def run(settings: IngestSettings, engine: sa.Engine, entries: list[wl.WatchlistE
     except UserError as exc:
         code, errors = exc.exit_code, {"fatal": str(exc)}
         raise
+    except sa.exc.SQLAlchemyError as exc:  # the database failed mid-run: a database exit code, not a traceback
+        error = db_utils.classify_connection_error(engine.url.render_as_string(hide_password=False), exc)
+        code, errors = error.exit_code, {"fatal": str(error)}
+        raise error from None
     except KeyboardInterrupt:
         code, errors = ExitCode.INTERRUPTED, {"fatal": "interrupted"}
         raise
@@ -366,7 +372,10 @@ def run(settings: IngestSettings, engine: sa.Engine, entries: list[wl.WatchlistE
     finally:
         job.stage("total", time.perf_counter() - started, int(job.summary()["fetched"].sum()))
         if run_id is not None:
-            _finish_run(engine, run_id, job, status, code, errors)
+            try:
+                _finish_run(engine, run_id, job, status, code, errors)
+            except sa.exc.SQLAlchemyError as exc:  # keep the run's own error, not this one
+                log.warning("could not record the outcome in tt_ingest_runs: %s", str(exc).splitlines()[0])
 
 
 def _start_run(engine: sa.Engine, settings: IngestSettings, job: Ingest) -> int:

@@ -253,12 +253,14 @@ def resolve(
 
 
 def mask_secret(value: Any) -> str:
-    """Hide a secret: URLs keep scheme, user, host and database; everything else becomes ``***``."""
+    """Hide a secret: URLs keep scheme, user, host and database, but not a password (``user:pass@`` or
+    ``?password=``); everything else becomes ``***``."""
     if value is None:
         return "None"
     text = str(value)
     if "://" in text:
-        return re.sub(r"(://[^:/@]*):[^@]*@", r"\1:***@", text)
+        text = re.sub(r"(://[^:/@]*):[^@]*@", r"\1:***@", text)
+        return re.sub(r"([?&]password=)[^&]*", r"\1***", text, flags=re.IGNORECASE)
     return "***"
 
 

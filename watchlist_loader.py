@@ -19,11 +19,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from bar_validation import VALUE_COLUMNS
 from settings import REPO_ROOT, ExitCode, UserError
 
 log = logging.getLogger("mvp_pipeline")
 
-BAR_COLUMNS: tuple[str, ...] = ("symbol", "date", "open", "high", "low", "close", "adj_close", "volume")
+BAR_COLUMNS: tuple[str, ...] = ("symbol", "date", *VALUE_COLUMNS)
 SAMPLE_CSV = REPO_ROOT / "data" / "sample_daily_bars.csv.gz"
 WATCHLIST_COLUMNS = ("symbol", "exchange", "currency", "sec_type", "primary_exchange", "name", "notes")
 MAX_SYMBOL_LENGTH = 12
@@ -183,8 +184,7 @@ def load_watchlist(path: Path) -> list[WatchlistEntry]:
 
 # ---------------------------------------------------------------------------------------------------- files
 
-_YAHOO_RENAMES = {"adj_close": "adj_close", "adjclose": "adj_close"}
-_NUMERIC = ("open", "high", "low", "close", "adj_close", "volume")
+_YAHOO_RENAMES = {"adjclose": "adj_close"}  # "Adj Close" already becomes adj_close
 
 
 def _read_csv(path: Path, symbol: str | None = None) -> pd.DataFrame:
@@ -211,7 +211,7 @@ def _read_csv(path: Path, symbol: str | None = None) -> pd.DataFrame:
     retry = out["date"].isna() & frame["date"].notna()  # stray whitespace: strip only where needed (str ops are slow)
     if retry.any():
         out.loc[retry, "date"] = pd.to_datetime(frame.loc[retry, "date"].str.strip(), format="ISO8601", errors="coerce")
-    for col in _NUMERIC:
+    for col in VALUE_COLUMNS:
         out[col] = pd.to_numeric(frame[col], errors="coerce").astype("float64") if col in frame else np.nan
     return out
 
@@ -350,7 +350,7 @@ def _yahoo_fetch(symbol: str, raw: pd.DataFrame, full: bool) -> SymbolFetch:
         return SymbolFetch(symbol, FetchStatus.NO_DATA, empty_bars(), "yfinance returned no bars")
     frame = raw.rename(columns=lambda c: str(c).strip().lower().replace(" ", "_"))
     bars = pd.DataFrame({"symbol": symbol, "date": pd.DatetimeIndex(raw.index).tz_localize(None).normalize()})
-    for col in _NUMERIC:
+    for col in VALUE_COLUMNS:
         bars[col] = frame[col].to_numpy("float64") if col in frame else np.nan
     bars = bars.reset_index(drop=True)
     meta = {"first_available_date": bars["date"].min().date()} if full else {}

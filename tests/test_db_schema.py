@@ -6,6 +6,7 @@ import datetime as dt
 import os
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
@@ -161,3 +162,26 @@ def test_read_price_bars_filters_and_orders(engine: sa.Engine) -> None:
     assert every.loc[1, "close"] == 1.1
     ranges = db_utils.stored_date_ranges(engine)
     assert ranges.loc["SPY", "first_date"] == dt.date(2020, 1, 2) and ranges.loc["SPY", "bars"] == 2
+
+
+@pytest.mark.postgres
+def test_schema_refused_by_the_database_is_a_clear_error_not_a_traceback(pg_server: str, pg_url: str) -> None:
+    role = f"tt_nocreate_{uuid.uuid4().hex[:8]}"
+    schema = pg_url.rsplit("%3D", 1)[1]
+    admin = db_utils.make_engine(pg_server)
+    with admin.begin() as conn:
+        conn.execute(sa.text(f"CREATE ROLE {role} LOGIN"))
+        conn.execute(sa.text(f"GRANT USAGE ON SCHEMA {schema} TO {role}"))  # may read, may not create
+    try:
+        url = pg_url.replace("postgres@", f"{role}@", 1)
+        env = {**os.environ, "DATABASE_URL": url}
+        done = subprocess.run(
+            [sys.executable, str(REPO / "create_tt_tables.py")], env=env, capture_output=True, text=True, check=False
+        )
+        assert done.returncode == ExitCode.DB_ERROR, done.stderr
+        assert "permission denied" in done.stderr and "Traceback" not in done.stderr
+    finally:
+        with admin.begin() as conn:
+            conn.execute(sa.text(f"REVOKE ALL ON SCHEMA {schema} FROM {role}"))
+            conn.execute(sa.text(f"DROP ROLE {role}"))
+        admin.dispose()

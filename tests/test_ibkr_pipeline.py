@@ -121,8 +121,11 @@ def test_unknown_and_no_data_symbols_are_reported_and_the_rest_stored(tmp_path, 
     wl = watchlist(tmp_path, ["SPY", "ZZZZ", "NOBAR"])
     code = run(tmp_path, gw.port, "2024-01-02", "2024-12-31", "--watchlist", wl)
     assert code == ExitCode.PARTIAL
-    status = stored(tmp_path, tables.symbols).set_index("symbol")["status"]
+    symbols = stored(tmp_path, tables.symbols).set_index("symbol")
+    status = symbols["status"]
     assert status["SPY"] == "ok" and status["ZZZZ"] == "unknown_symbol" and status["NOBAR"] == "no_data"
+    assert symbols.loc["ZZZZ", "last_error"].startswith("IB error 200: ")  # the IB code is kept with the text
+    assert symbols.loc["NOBAR", "last_error"].startswith("IB error 162: ")
     assert set(stored(tmp_path, tables.prices)["symbol"]) == {"SPY"}
 
 

@@ -243,7 +243,7 @@ def test_ibkr_source_is_called_with_the_contract_and_its_metadata_stored(
     spy = table(sqlite_url, tables.symbols).set_index("symbol").loc["SPY"]
     assert spy["ib_con_id"] == 756733 and spy["name"] == "SPDR S&P 500 ETF TRUST"
     assert str(spy["first_available_date"]) == "1993-01-29" and spy["coverage"] == 1.0
-    assert "QQQ: no security definition" in capsys.readouterr().out
+    assert "QQQ: IB error 200: no security definition" in capsys.readouterr().out
 
 
 def test_ibkr_missing_is_a_clear_not_available_error(
@@ -254,3 +254,31 @@ def test_ibkr_missing_is_a_clear_not_available_error(
     monkeypatch.delattr(ibkr_source, "fetch_price_history_ibkr")
     assert ingest(monkeypatch, sqlite_url, "--source", "ibkr", *SAMPLE_RANGE) == ExitCode.SOURCE_UNAVAILABLE
     assert "--source ibkr is not available" in capsys.readouterr().err
+
+
+def test_database_failing_mid_run_exits_with_a_database_code_and_is_recorded(
+    db_url: str, env: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    engine = db_utils.make_engine(db_url)
+    tables.ensure_schema(engine)
+    with engine.begin() as conn:  # the database itself refuses the symbol metadata written after the bars
+        if engine.dialect.name == "postgresql":
+            conn.execute(sa.text("CREATE FUNCTION refuse_symbols() RETURNS trigger AS $$ BEGIN RAISE EXCEPTION "
+                                 "'disk full (simulated)'; END $$ LANGUAGE plpgsql"))  # fmt: skip
+            conn.execute(
+                sa.text(
+                    "CREATE TRIGGER refuse_symbols BEFORE INSERT ON tt_symbols FOR EACH ROW "
+                    "EXECUTE FUNCTION refuse_symbols()"
+                )
+            )
+        else:
+            conn.execute(sa.text("CREATE TRIGGER refuse_symbols BEFORE INSERT ON tt_symbols "
+                                 "BEGIN SELECT RAISE(ABORT, 'disk full (simulated)'); END"))  # fmt: skip
+    engine.dispose()
+    wl_path = write_watchlist(env, "SPY")
+    code = ingest(monkeypatch, db_url, "--source", "sample", "--watchlist", wl_path, *SAMPLE_RANGE)
+    assert code == ExitCode.DB_ERROR
+    err = capsys.readouterr().err
+    assert "disk full (simulated)" in err and "Traceback" not in err
+    run = table(db_url, tables.ingest_runs).iloc[-1]
+    assert (run["status"], run["exit_code"]) == ("failed", ExitCode.DB_ERROR)

@@ -91,6 +91,10 @@ def test_printed_configuration_never_shows_the_password() -> None:
     assert "s3cr3t" not in text
     assert "postgresql://trader:***@db.example:5432/tt" in text
     assert "(env DATABASE_URL)" in text
+    for url in ("postgresql://bob@db/tt?password=hunter2", "postgresql://bob@db/tt?sslmode=require&PASSWORD=hunter2"):
+        settings, _ = resolve(DemoSettings, {"database_url": url}, environ={}, dotenv={})
+        shown = format_config(settings)
+        assert "hunter2" not in shown and "password=***" in shown.lower()
 
 
 def test_run_cli_turns_user_errors_into_exit_codes(capsys: pytest.CaptureFixture[str]) -> None:
