@@ -25,14 +25,13 @@ import db_utils
 import features
 import report_mvp
 import run_records
-import train_mvp
 from features import TRADING_DAYS_PER_YEAR
 from settings import REPO_ROOT, CommonSettings, ExitCode, UserError, parse_command, setting
 from tensortrade_risk_module import EnvConfig, mark_to_market, rebalance
 from trading_env import Market, TradingEnv, build_market, make_env
 
 ANNUALIZATION = TRADING_DAYS_PER_YEAR
-FINAL_CHECKPOINT = f"{train_mvp.FINAL}.zip"  # written when training ends (also when interrupted or failed)
+FINAL_CHECKPOINT = f"{run_records.FINAL}.zip"
 
 
 # ------------------------------------------------------------------------------------------------ metrics

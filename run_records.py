@@ -23,6 +23,7 @@ from settings import REPO_ROOT, ExitCode, UserError
 
 PACKAGES = ("numpy", "pandas", "torch", "stable-baselines3", "gymnasium", "SQLAlchemy")
 FINISHED_STATUSES = ("finished",)  # what evaluation's "latest" picks from: runs that trained all their episodes
+FINAL = "final"  # name of the checkpoint written when training ends (also when interrupted or failed)
 
 
 def fingerprint(bars: pd.DataFrame) -> str:

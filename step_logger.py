@@ -17,8 +17,8 @@ import dataclasses
 import datetime as dt
 import io
 import json
-import queue
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
@@ -32,6 +32,7 @@ from db_utils import dbapi_cursor, upsert_rows
 
 STEP_SCALARS = ("reward", "net_worth", "cash", "drawdown", "turnover", "fees")
 STEP_COLUMNS = ("run_id", "episode", "step", "date", "action", "target_weights", *STEP_SCALARS)
+INBOX_ITEMS = 64  # queued items before the caller waits for the writer (only while it is busy writing)
 # Errors worth retrying: the server or the path to it went away, or SQLite is locked by another writer.
 RETRIABLE = (sa.exc.OperationalError, sa.exc.InterfaceError)
 
@@ -45,7 +46,13 @@ class LoggerReport:
     retries: int = 0
     unwritten_steps: int = 0
     fallback_file: Path | None = None
-    errors: list[str] = dataclasses.field(default_factory=list)
+    errors: list[str] = dataclasses.field(default_factory=list)  # the first and the latest error only
+    error_count: int = 0
+
+    def add_error(self, text: str) -> None:
+        """Count an error; keep only the first and the latest text, so a long outage cannot grow the report."""
+        self.error_count += 1
+        self.errors[1 if self.errors else 0 :] = [text]
 
 
 # ------------------------------------------------------------------------------------------------ writing
@@ -235,10 +242,13 @@ class StepLogger:
         self.report = LoggerReport()
         self._parts: list[dict[str, Any]] = []
         self._buffered = 0
-        self._queue: queue.Queue[dict[str, Any] | None] = queue.Queue(maxsize=64)
+        # Every item is always in the inbox or the pending list, both guarded by this one lock, so close() sees
+        # all of them even when the writer is stuck in a database call.
+        self._inbox: deque[dict[str, Any] | None] = deque()
         self._pending: deque[dict[str, Any]] = deque()
         self._pending_rows = 0
-        self._lock = threading.Lock()
+        self._closed = False
+        self._lock = threading.Condition()
         self._flushes: list[threading.Event] = []  # flush() calls waiting for the next complete write
         self._thread = threading.Thread(target=self._run, name="step-logger", daemon=True)
         self._thread.start()
@@ -273,14 +283,18 @@ class StepLogger:
         chunk = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
         self._put({"kind": "steps", "run_id": self.run_id, "chunk": chunk})
 
-    def _put(self, item: dict[str, Any]) -> None:
-        self._queue.put(item)
+    def _put(self, item: dict[str, Any] | None) -> None:
+        with self._lock:
+            if item is not None:  # the stop signal never waits: the writer may be stuck in a database call
+                self._lock.wait_for(lambda: len(self._inbox) < INBOX_ITEMS or self._closed)
+            self._inbox.append(item)
+            self._lock.notify_all()
 
     def flush(self, timeout: float | None = None) -> bool:
         """Queue what is buffered and wait until all of it is stored; False on timeout (e.g. during an outage)."""
         self._push_steps()
         done = threading.Event()
-        self._queue.put({"kind": "flush", "done": done})
+        self._put({"kind": "flush", "done": done})
         return done.wait(timeout)
 
     def close(self, timeout: float = 30.0) -> LoggerReport:
@@ -289,20 +303,18 @@ class StepLogger:
         :param timeout: how long to keep retrying an unreachable database before giving up to the file.
         """
         self._push_steps()
-        self._queue.put(None)
+        self._put(None)
         self._thread.join(timeout)
-        with self._lock:
-            leftovers = list(self._pending)
+        with self._lock:  # a writer still in a database call finds the lists empty and stops
+            self._closed = True
+            queued = [i for i in self._inbox if i is not None and i["kind"] != "flush"]
+            leftovers = [*self._pending, *queued]
             self._pending.clear()
-        while True:  # items the writer never took off the queue
-            try:
-                item = self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if item is not None and item["kind"] != "flush":
-                leftovers.append(item)
-        if leftovers:
-            self._spill(leftovers)
+            self._inbox.clear()
+            self._pending_rows = 0
+            if leftovers:
+                self._spill(leftovers)
+            self._lock.notify_all()
         return self.report
 
     # --- writer thread
@@ -311,31 +323,38 @@ class StepLogger:
         self.report.fallback_file = self.fallback_path
         self.report.unwritten_steps += sum(_item_rows(i) for i in items)
 
-    def _take(self, item: dict[str, Any] | None) -> bool:
-        """Move one queue item to the pending list; False for the stop signal."""
-        if item is None:
-            return False
-        if item["kind"] == "flush":
-            self._flushes.append(item["done"])
-        else:
-            with self._lock:
-                self._pending.append(item)
-                self._pending_rows += _item_rows(item)
-        return True
+    def _take(self, deadline: float | None) -> bool:
+        """Move queued items to the pending list, first waiting for one until ``deadline`` (monotonic; None: no
+        limit); False once the stop signal came."""
+        running = True
+        with self._lock:
+            timeout = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+            self._lock.wait_for(lambda: self._inbox or self._closed, timeout)
+            while self._inbox:
+                item = self._inbox.popleft()
+                if item is None:
+                    running = False
+                elif item["kind"] == "flush":
+                    self._flushes.append(item["done"])
+                else:
+                    self._pending.append(item)
+                    self._pending_rows += _item_rows(item)
+            self._lock.notify_all()
+        return running
 
     def _run(self) -> None:
-        pause, running = 0.0, True
+        pause, retry_at, running = 0.0, None, True
         while running or self._pending:
-            try:
-                running = self._take(self._queue.get(timeout=pause or None)) and running
-                while True:
-                    running = self._take(self._queue.get_nowait()) and running
-            except queue.Empty:
-                pass
+            running = self._take(retry_at) and running
+            if self._closed:
+                return  # close() gave up waiting and saved everything
+            if running and retry_at is not None and time.monotonic() < retry_at:
+                self._limit_memory()
+                continue  # pausing after a failed write: keep taking items, leave the database alone
             if self._write_pending():
                 if pause:
                     self.announce(f"step log: database reachable again; {self.report.retries} retries so far")
-                pause = 0.0
+                pause, retry_at = 0.0, None
                 for done in self._flushes:
                     done.set()
                 self._flushes.clear()
@@ -343,22 +362,22 @@ class StepLogger:
                 if not running:
                     return  # close() saves what is left
                 pause = min(max(pause * 2, self.retry_pause[0]), self.retry_pause[1])
+                retry_at = time.monotonic() + pause
                 self._limit_memory()
 
     def _write_pending(self) -> bool:
         """Write pending items in order; True when all are stored (or were unwritable and went to the file)."""
-        while self._pending:
-            item = self._pending[0]
+        while (item := next(iter(self._pending), None)) is not None:  # close() may empty the list meanwhile
             try:
                 _write_item(self.engine, item)
             except RETRIABLE as exc:
                 self.report.retries += 1
                 if self.report.retries == 1 or not self.report.errors:
                     self.announce(f"step log: database unavailable, keeping rows and retrying: {_first_line(exc)}")
-                self.report.errors.append(_first_line(exc))
+                self.report.add_error(_first_line(exc))
                 return False
             except sa.exc.SQLAlchemyError as exc:  # not an outage: retrying cannot help, keep the rows
-                self.report.errors.append(_first_line(exc))
+                self.report.add_error(_first_line(exc))
                 self.announce(
                     f"step log: batch rejected by the database, saved to {self.fallback_path}: {_first_line(exc)}"
                 )

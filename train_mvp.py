@@ -32,8 +32,6 @@ from settings import REPO_ROOT, CommonSettings, ExitCode, UserError, setting
 from step_logger import StepLogger, load_fallback
 from tensortrade_risk_module import EnvConfig
 
-FINAL = "final"
-
 
 @dataclasses.dataclass(frozen=True)
 class TrainSettings(EnvConfig, CommonSettings):
@@ -162,7 +160,7 @@ def save_checkpoint(model: Any, folder: Path, name: str, state: dict[str, Any], 
     tmp = folder / f"{name}.json.tmp"
     tmp.write_text(json.dumps(state, indent=1, default=str))
     tmp.replace(folder / f"{name}.json")  # atomic: a crash never leaves a half-written state file
-    for old in sorted(folder.glob("episode_*.json"))[: -keep or None] if name != FINAL else []:
+    for old in sorted(folder.glob("episode_*.json"))[: -keep or None] if name != run_records.FINAL else []:
         old.unlink()
         old.with_suffix(".zip").unlink(missing_ok=True)
     return folder / f"{name}.zip"
@@ -172,9 +170,9 @@ def read_checkpoint(path: Path) -> tuple[dict[str, Any], Path]:
     """The state and model path of a checkpoint given as .zip, .json or run folder (its latest checkpoint)."""
     path = Path(path).expanduser()
     if path.is_dir():
-        candidates = [path / f"{FINAL}.json"] if (path / f"{FINAL}.json").is_file() else []
+        candidates = [path / f"{run_records.FINAL}.json"] if (path / f"{run_records.FINAL}.json").is_file() else []
         candidates = candidates or sorted(path.glob("episode_*.json"))[-1:]
-        path = candidates[0] if candidates else path / f"{FINAL}.json"
+        path = candidates[0] if candidates else path / f"{run_records.FINAL}.json"
     state_file = path.with_suffix(".json")
     if not state_file.is_file() or not state_file.with_suffix(".zip").is_file():
         raise UserError(f"checkpoint {path} not found (expected {state_file.name} and its .zip)", ExitCode.NOT_FOUND)
@@ -287,7 +285,10 @@ class EpisodeCallback(BaseCallback):
 
 
 def run_training(engine: sa.Engine, cfg: TrainSettings, model: Any, env: Any, state: dict[str, Any]) -> int:
-    """Learn until ``cfg.episodes`` more episodes complete; always checkpoint, flush and record the outcome."""
+    """Learn until ``cfg.episodes`` more episodes complete; always checkpoint, flush and record the outcome.
+
+    :return: exit code: OK, INTERRUPTED, or PARTIAL when rows went to the step-log fallback file instead.
+    """
     run_id = state["run_id"]
     fallback = Path(cfg.log_dir) / f"steps_{run_id}_{dt.datetime.now():%H%M%S}.jsonl"
     log = StepLogger(engine, run_id, fallback, announce=lambda m: tqdm.write(m))
@@ -309,13 +310,15 @@ def run_training(engine: sa.Engine, cfg: TrainSettings, model: Any, env: Any, st
         previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not lose buffered rows
         try:
             callback.close_open("cut" if status == "finished" else status)
-            final = callback.checkpoint(FINAL)
+            final = callback.checkpoint(run_records.FINAL)
             log.update_run(status=status, finished_at=dt.datetime.now(dt.UTC), error=error)
             bar.close()
             report = log.close(timeout=30)
         finally:
             signal.signal(signal.SIGINT, previous)
         _summary(callback.state, status, time.perf_counter() - started, final, report, cfg)
+    if code == ExitCode.OK and report.fallback_file is not None:
+        code = ExitCode.PARTIAL  # trained, but the database misses rows: cron must see it (--load-steps stores them)
     return int(code)
 
 
@@ -364,7 +367,7 @@ def main(argv: list[str] | None = None) -> int:
         return int(ExitCode.OK)
     engine = db_utils.connect(cfg)
     if cfg.evaluate is not None:
-        import evaluate_mvp  # imports train_mvp itself, so only here
+        import evaluate_mvp  # brings in matplotlib for the report: only when evaluating
 
         given = {"run": cfg.evaluate, "start": cfg.start, "end": cfg.end}
         evaluate_mvp.evaluate_run(engine, settings.resolve(evaluate_mvp.EvaluateSettings, given)[0])

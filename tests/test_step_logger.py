@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import socket
+import threading
+import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -13,6 +17,7 @@ import sqlalchemy as sa
 
 import create_tt_tables as tables
 import db_utils
+import step_logger
 from pg_proxy import CuttableProxy
 from step_logger import STEP_SCALARS, StepLogger, load_fallback, write_steps
 
@@ -181,4 +186,67 @@ def test_unstorable_batch_is_kept_in_the_file(pg_url: str, tmp_path: Path) -> No
     assert report.fallback_file is not None and report.unwritten_steps == 1 and report.errors
     line = json.loads(report.fallback_file.read_text().splitlines()[0])
     assert line["kind"] == "steps" and line["chunk"]["step"] == [1]
+    engine.dispose()
+
+
+def _closed_port() -> int:
+    """A local TCP port nothing listens on: connections to it are refused at once."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_outage_retries_after_a_growing_pause_not_per_batch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    attempts: list[float] = []
+    write = step_logger._write_item
+
+    def counted(engine: sa.Engine, item: dict[str, Any]) -> None:
+        attempts.append(time.monotonic())
+        write(engine, item)
+
+    monkeypatch.setattr(step_logger, "_write_item", counted)
+    engine = db_utils.make_engine(f"postgresql://postgres@127.0.0.1:{_closed_port()}/test")
+    logger = StepLogger(engine, "r7", tmp_path / "f.jsonl", batch_rows=2, retry_pause=(0.5, 30.0), announce=str)
+    rng, batches, started = np.random.default_rng(7), 0, time.monotonic()
+    while time.monotonic() - started < 2.0:  # one 2-row batch every few milliseconds, all during the outage
+        _feed(logger, rng, batches + 1, 1)
+        batches += 1
+        time.sleep(0.005)
+    during = len(attempts)
+    report = logger.close(timeout=10)
+    assert batches > 100
+    assert 1 <= during <= 4  # at 0 s, then after pauses of 0.5 s and 1 s; not once per batch
+    assert report.retries == report.error_count == len(attempts)  # close() adds one last attempt
+    assert len(report.errors) == 2 and "127.0.0.1" in report.errors[0]  # first and latest error only
+    assert report.unwritten_steps == 2 * batches and report.steps_written == 0
+    assert sum(1 for _ in report.fallback_file.open()) == batches
+    engine.dispose()
+
+
+def test_close_while_the_writer_is_stuck_saves_everything_and_stops_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    entered, release = threading.Event(), threading.Event()
+
+    def stuck(engine: sa.Engine, item: dict[str, Any]) -> None:  # a database call that hangs, then fails
+        entered.set()
+        release.wait(10)
+        raise sa.exc.OperationalError("COPY", {}, ConnectionError("server closed the connection"))
+
+    monkeypatch.setattr(step_logger, "_write_item", stuck)
+    engine = db_utils.make_engine(f"sqlite:///{tmp_path / 'unused.db'}")
+    logger = StepLogger(engine, "r8", tmp_path / "f.jsonl", batch_rows=2, announce=str)
+    rng = np.random.default_rng(8)
+    _feed(logger, rng, 1, 1)
+    assert entered.wait(10)
+    _feed(logger, rng, 2, 40)  # queued behind the stuck write
+    logger.update_run(status="finished")
+    report = logger.close(timeout=0.2)
+    records = [json.loads(line) for line in report.fallback_file.read_text().splitlines()]
+    assert report.unwritten_steps == 82 and [r["kind"] for r in records] == ["steps"] * 41 + ["run"]
+    assert [r["chunk"]["step"][0] for r in records[:-1]] == list(range(1, 42))  # in order
+    release.set()
+    logger._thread.join(5)
+    assert not logger._thread.is_alive()  # the writer stops instead of waiting for items forever
+    assert report.fallback_file.read_text().count("\n") == 42  # and adds nothing after close()
     engine.dispose()
