@@ -300,29 +300,11 @@ def step_rows(
 
 # ------------------------------------------------------------------------------- batch drivers (public API)
 @njit(cache=True)
-def raw_weights_rows(actions: np.ndarray, allow_short: bool) -> np.ndarray:
-    """:func:`raw_weights_row` over the rows of a 2-D array."""
-    out = np.empty_like(actions)
-    for i in range(actions.shape[0]):
-        raw_weights_row(actions[i], allow_short, out[i])
-    return out
-
-
-@njit(cache=True)
 def portfolio_vol_rows(raw: np.ndarray, returns: np.ndarray, annualize: float) -> np.ndarray:
     """:func:`portfolio_vol_row` for raw ``(M, N)`` and day blocks ``(M, W, N)``; returns ``(M,)``."""
     out = np.empty(raw.shape[0])
     for i in range(raw.shape[0]):
         out[i] = portfolio_vol_row(raw[i], returns[i], annualize)
-    return out
-
-
-@njit(cache=True)
-def cap_weights_rows(weights: np.ndarray, max_weight: float, max_gross: float) -> np.ndarray:
-    """:func:`cap_weights_row` over the rows of a 2-D array."""
-    out = np.empty_like(weights)
-    for i in range(weights.shape[0]):
-        cap_weights_row(weights[i], max_weight, max_gross, out[i])
     return out
 
 

@@ -41,6 +41,7 @@ from tensortrade_risk_module import (
     log_return,
     mark_to_market,
     rebalance,
+    tensortrade_config,
     update_drawdown,
 )
 from trading_env import Market, market_and_config
@@ -322,20 +323,10 @@ def make_tensortrade_env(bars: pd.DataFrame | Market, **config: Any) -> TradingE
     :param config: any :class:`~tensortrade_risk_module.EnvConfig` field. ``execution`` defaults to ``close``
         (TensorTrade quotes one price per step); ``next_open``, ``random_start`` and ``allow_short`` (its
         wallets cannot go negative) are refused.
-    :raise UserError: bad settings or bars (as :func:`trading_env.make_env`), or an unsupported setting.
+    :raise UserError: bad settings or bars (as :func:`trading_env.make_env`), or an unsupported setting
+        (:func:`~tensortrade_risk_module.tensortrade_config`).
     """
-    market, cfg = market_and_config(bars, {"execution": "close", **config})
-    unsupported = {
-        "execution": (cfg.execution != "close", "pass --execution close"),
-        "random_start": (cfg.random_start, "turn it off"),
-        "allow_short": (cfg.allow_short, "turn it off"),
-    }
-    for name, (bad, fix) in unsupported.items():
-        if bad:
-            raise UserError(
-                f"setting --{name.replace('_', '-')}: {getattr(cfg, name)!r} is not supported by "
-                f"the TensorTrade backend (docs/tensortrade_backend.md): {fix}"
-            )
+    market, cfg = market_and_config(bars, tensortrade_config(config))
     first, last = cfg.first_decision, len(market.dates) - 1
     rows = slice(first - (cfg.window_size - 1), None)
     codes = instrument_codes(market.symbols)

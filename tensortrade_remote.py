@@ -27,6 +27,7 @@ import pandas as pd
 from stable_baselines3.common.vec_env.base_vec_env import VecEnvStepReturn
 
 from settings import REPO_ROOT, ExitCode, UserError
+from tensortrade_risk_module import tensortrade_config
 from trading_env import Market, market_and_config
 from trading_vec_env import SharedVecEnv
 
@@ -229,15 +230,16 @@ def _arrays(info: dict[str, Any]) -> dict[str, Any]:
 def make_vec_env(bars: pd.DataFrame | Market, n_envs: int, seed: int | None = None, **config: Any) -> RemoteVecEnv:
     """The TensorTrade backend as an SB3 VecEnv of worker processes, over ``bars`` (or a prebuilt Market).
 
-    Same signature as :func:`trading_env.make_vec_env`; the settings and bars are validated here before any
-    worker starts, the TensorTrade refusals (``execution``, ``random_start``, ``allow_short``) come back
-    from the workers as :class:`UserError`.
+    Same signature as :func:`trading_env.make_vec_env`; the settings (including the TensorTrade refusals of
+    :func:`~tensortrade_risk_module.tensortrade_config`: ``execution``, ``random_start``, ``allow_short``)
+    and the bars are validated here, before any worker starts.
 
     :param seed: passed to the environments' next reset (TensorTrade episodes are deterministic here).
     :param config: any :class:`~tensortrade_risk_module.EnvConfig` field.
-    :raise UserError: ``SOURCE_UNAVAILABLE`` without a TensorTrade interpreter; bad settings or bars.
+    :raise UserError: a bad or refused setting, or bad bars (before any worker starts);
+        ``SOURCE_UNAVAILABLE`` without a TensorTrade interpreter.
     """
-    market, _ = market_and_config(bars, config)
+    market, _ = market_and_config(bars, tensortrade_config(config))
     env = RemoteVecEnv(market, config, n_envs)
     if seed is not None:
         env.seed(seed)

@@ -30,9 +30,9 @@ if TYPE_CHECKING:  # the environment module imports this one
 
 __all__ = [  # the element-wise math is re-exported from env_kernels
     "DrawdownStopper", "EnvConfig", "Informer", "LazyInfo", "Observer", "Portfolio", "RiskAwareReward",
-    "VolTargetActionScheme", "cap_weights", "differential_sharpe", "drawdown_stop", "env_config",
-    "inverse_vol_scale", "kernel_params", "log_return", "mark_to_market", "portfolio_vol", "raw_weights",
-    "rebalance", "risk_aware_reward", "update_drawdown",
+    "VolTargetActionScheme", "differential_sharpe", "drawdown_stop", "env_config", "inverse_vol_scale",
+    "kernel_params", "log_return", "mark_to_market", "portfolio_vol", "rebalance", "risk_aware_reward",
+    "tensortrade_config", "update_drawdown",
 ]  # fmt: skip
 
 
@@ -110,6 +110,31 @@ def env_config(**overrides: Any) -> EnvConfig:
     return EnvConfig(**overrides)
 
 
+def tensortrade_config(config: dict[str, Any]) -> EnvConfig:
+    """The validated settings of the TensorTrade backend, refusing those it cannot honour.
+
+    Pure (no TensorTrade import), so the main interpreter refuses before starting any worker.
+
+    :param config: :class:`EnvConfig` fields; ``execution`` defaults to ``close`` (TensorTrade quotes one price
+        per step).
+    :raise UserError: a bad setting, or ``execution`` other than ``close``, ``random_start`` or ``allow_short``
+        (TensorTrade's wallets cannot go negative).
+    """
+    cfg = env_config(**{"execution": "close", **config})
+    unsupported = {
+        "execution": (cfg.execution != "close", "pass --execution close"),
+        "random_start": (cfg.random_start, "turn it off"),
+        "allow_short": (cfg.allow_short, "turn it off"),
+    }
+    for name, (bad, fix) in unsupported.items():
+        if bad:
+            raise UserError(
+                f"setting --{name.replace('_', '-')}: {getattr(cfg, name)!r} is not supported by "
+                f"the TensorTrade backend (docs/tensortrade_backend.md): {fix}"
+            )
+    return cfg
+
+
 def kernel_params(config: EnvConfig) -> np.ndarray:
     """The float64 parameter vector of the compiled step (entries ``env_kernels.P_*``)."""
     params = np.zeros(kernels.N_PARAMS)
@@ -149,17 +174,6 @@ def _rows(lead: tuple[int, ...], array: Any) -> np.ndarray:
     return np.ascontiguousarray(np.broadcast_to(array, (*lead, array.shape[-1]))).reshape(-1, array.shape[-1])
 
 
-def raw_weights(action: np.ndarray, allow_short: bool) -> np.ndarray:
-    """Map a Box action to raw weights: long-only max(a, 0), else a; scaled so the gross is at most 1.
-
-    :param action: ``(..., N)`` actions, nominally in [-1, 1].
-    :param allow_short: keep negative entries as short weights.
-    :return: ``(..., N)`` raw weights with sum(|w|) <= 1.
-    """
-    lead = _lead(action)
-    return kernels.raw_weights_rows(_rows(lead, action), bool(allow_short)).reshape(*lead, -1)
-
-
 def inverse_vol_scale(vol: np.ndarray, target_vol: float, vol_floor: float) -> np.ndarray:
     """Per-asset scale target_vol / max(vol, vol_floor); 0 where the volatility is unknown (warm-up).
 
@@ -189,12 +203,6 @@ def portfolio_vol(raw: np.ndarray, window_returns: np.ndarray) -> np.ndarray:
         _rows(lead, raw), blocks.reshape(-1, *days_first.shape[-2:]), math.sqrt(TRADING_DAYS_PER_YEAR)
     )
     return vol.reshape(*lead, 1)
-
-
-def cap_weights(weights: np.ndarray, max_weight: float, max_gross: float) -> np.ndarray:
-    """Clip each weight to [-max_weight, max_weight], then scale down so sum(|w|) <= max_gross."""
-    lead = _lead(weights)
-    return kernels.cap_weights_rows(_rows(lead, weights), float(max_weight), float(max_gross)).reshape(*lead, -1)
 
 
 def rebalance(
@@ -385,6 +393,13 @@ class Informer:
             "drawdown": drawdown, "reward": reward, "weights": weights, "target_weights": target_weights,
         }  # fmt: skip
 
+    def from_state(self, t: int, state: np.ndarray, weights: np.ndarray, targets: np.ndarray) -> dict[str, Any]:
+        """The info dict of one environment from its state record ``(STATE_WIDTH,)`` (steps and resets alike)."""
+        s = state.tolist()
+        c = kernels
+        return self.record(t, s[c.NET_WORTH], s[c.CASH], s[c.TURNOVER], s[c.FEES], s[c.DRAWDOWN], s[c.REWARD],
+                           weights, targets)  # fmt: skip
+
     def infos(self, t: np.ndarray, state: np.ndarray, weights: np.ndarray, targets: np.ndarray) -> list[dict]:
         """Infos of a batch, one :class:`LazyInfo` per environment over these (never rewritten) step arrays."""
         source = functools.partial(self._row, t, state, weights, targets)
@@ -396,10 +411,7 @@ class Informer:
         return infos
 
     def _row(self, t: np.ndarray, state: np.ndarray, weights: np.ndarray, targets: np.ndarray, i: int) -> dict:
-        s = state[i].tolist()
-        c = kernels
-        return self.record(int(t[i]), s[c.NET_WORTH], s[c.CASH], s[c.TURNOVER], s[c.FEES], s[c.DRAWDOWN],
-                           s[c.REWARD], weights[i], targets[i])  # fmt: skip
+        return self.from_state(int(t[i]), state[i], weights[i], targets[i])
 
 
 class LazyInfo(dict):

@@ -27,14 +27,12 @@ from tensortrade_risk_module import (
     Portfolio,
     VolTargetActionScheme,
     env_config,
-    kernel_params,
 )
 
 if TYPE_CHECKING:
     from trading_vec_env import VecTradingEnv
 
 ENV_ID = "RiskAwareTrading-v0"
-STEP_KEYS = ("t", "target_weights", "weights", "reward", "net_worth", "cash", "drawdown", "turnover", "fees")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,6 +82,19 @@ def _validated_frame(bars: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
+def require_dates(n_dates: int, n_symbols: int, config: EnvConfig) -> None:
+    """Refuse a market too short for the settings: a first decision plus one step.
+
+    :raise UserError: ``REFUSED`` naming the dates there are and the dates needed.
+    """
+    minimum = config.first_decision + 2
+    if n_dates < minimum:
+        raise UserError(
+            f"bars: {n_dates} dates common to all {n_symbols} symbols; the settings need at least {minimum}",
+            ExitCode.REFUSED,
+        )
+
+
 def build_market(bars: pd.DataFrame, config: EnvConfig | None = None) -> Market:
     """Align long-format bars into per-date arrays, with the pipeline's features.
 
@@ -100,14 +111,9 @@ def build_market(bars: pd.DataFrame, config: EnvConfig | None = None) -> Market:
     per_date = frame.groupby("date")["symbol"].nunique()
     common = per_date.index[per_date == len(symbols)]
     frame = frame[frame["date"].isin(common)].sort_values(["symbol", "date"], kind="stable", ignore_index=True)
-    features = compute_basic_features(frame, config.vol_windows)
     n_dates = len(common)
-    minimum = config.first_decision + 2
-    if n_dates < minimum:
-        raise UserError(
-            f"bars: {n_dates} dates common to all {len(symbols)} symbols; the settings need at least {minimum}",
-            ExitCode.REFUSED,
-        )
+    require_dates(n_dates, len(symbols), config)
+    features = compute_basic_features(frame, config.vol_windows)
 
     def grid(values: pd.Series) -> np.ndarray:
         return values.to_numpy(dtype="float64").reshape(len(symbols), n_dates).T.copy()
@@ -163,8 +169,7 @@ class Engine:
 
     def __init__(self, market: Market, config: EnvConfig, lead: tuple[int, ...]) -> None:
         n_dates, n_assets = market.close.shape
-        if n_dates < config.first_decision + 2:
-            raise UserError(f"market has {n_dates} dates; the settings need {config.first_decision + 2}")
+        require_dates(n_dates, n_assets, config)  # a prebuilt Market may be short for these settings
         self.market, self.config, self.lead = market, config, lead
         self.action_scheme = VolTargetActionScheme(config, market)
         self.observer = Observer(config, market)
@@ -173,17 +178,10 @@ class Engine:
         self.fill, self.fill_offset = (market.close, 0) if config.execution == "close" else (market.open, 1)
         self.commission = config.commission_bps * 1e-4
         self.first, self.last = config.first_decision, n_dates - 1
-        self.params = kernel_params(config)
-        self.arrays = tuple(
-            np.ascontiguousarray(a, dtype=a.dtype)
-            for a in (
-                self.action_scheme.scale,
-                self.action_scheme.returns,
-                self.fill,
-                market.close,
-                self.observer.features,
-            )
-        )
+        self.params = self.action_scheme.params
+        # the components' arrays are contiguous already; a Market's may not be (any caller can build one)
+        fill, close = np.ascontiguousarray(self.fill), np.ascontiguousarray(market.close)
+        self.arrays = (self.action_scheme.scale, self.action_scheme.returns, fill, close, self.observer.features)
         self.obs_shape = (*lead, self.observer.size)
 
     def episode_bounds(self, rng: np.random.Generator) -> tuple[int, int]:
@@ -224,7 +222,8 @@ def stop_reason(terminated: bool, t: int, last: int) -> str:
 
 
 def step_arrays(pf: Portfolio, t: Any, targets: np.ndarray) -> dict[str, Any]:
-    """The step record of :data:`STEP_KEYS`: ``(..., 1)`` views of the state record, never written again."""
+    """The step record: ``t``, ``target_weights``, ``weights`` and ``(..., 1)`` views of the state record
+    (``reward``, ``net_worth``, ``cash``, ``drawdown``, ``turnover``, ``fees``), never written again."""
     columns = {"reward": REWARD, "net_worth": NET_WORTH, "cash": CASH, "drawdown": DRAWDOWN, "turnover": TURNOVER,
                "fees": FEES}  # fmt: skip
     record = {key: pf.state[..., c : c + 1] for key, c in columns.items()}
@@ -255,7 +254,7 @@ class TradingEnv(gym.Env):
 
     @property
     def last_step(self) -> dict[str, Any]:
-        """The last step's arrays (keys :data:`STEP_KEYS`, ``(1,)`` scalars), built on demand; {} after reset."""
+        """The last step's arrays (:func:`step_arrays`, ``(1,)`` scalars), built on demand; {} after reset."""
         return {} if self._last is None else step_arrays(self.engine.portfolio, *self._last)
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict]:
@@ -265,8 +264,7 @@ class TradingEnv(gym.Env):
         self._over, self._last = False, None
         pf = self.engine.portfolio
         pf.reset()
-        cash = pf.initial_cash
-        info = self.engine.informer.record(self._t, cash, cash, 0.0, 0.0, 0.0, 0.0, pf.weights, pf.weights)
+        info = self.engine.informer.from_state(self._t, pf.state, pf.weights, pf.weights)
         return self.engine.observe(self._t), info
 
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
@@ -300,24 +298,21 @@ class TradingEnv(gym.Env):
         self._t = t = self._t + 1
         truncated = t >= self._end
         pf = engine.portfolio
-        s = pf.state.tolist()
-        info = engine.informer.record(
-            t, s[NET_WORTH], s[CASH], s[TURNOVER], s[FEES], s[DRAWDOWN], s[REWARD], pf.weights, targets
-        )
+        info = engine.informer.from_state(t, pf.state, pf.weights, targets)
         if terminated or truncated:
             self._over = True
             info["stop_reason"] = stop_reason(terminated, t, engine.last)
         self._last = (t, targets)
-        return obs, s[REWARD], terminated, truncated, info
+        return obs, info["reward"], terminated, truncated, info
 
 
-def market_and_config(bars: pd.DataFrame | Market, config: dict[str, Any]) -> tuple[Market, EnvConfig]:
+def market_and_config(bars: pd.DataFrame | Market, config: dict[str, Any] | EnvConfig) -> tuple[Market, EnvConfig]:
     """The validated settings and the market they apply to (built from ``bars`` unless already a Market).
 
-    :param config: :class:`~tensortrade_risk_module.EnvConfig` fields.
+    :param config: :class:`~tensortrade_risk_module.EnvConfig` fields, or an already validated EnvConfig.
     :raise UserError: a bad setting or bars, or a Market built with other ``vol_windows``.
     """
-    cfg = env_config(**config)
+    cfg = config if isinstance(config, EnvConfig) else env_config(**config)
     market = bars if isinstance(bars, Market) else build_market(bars, cfg)
     if market.vol_windows != cfg.vol_windows:
         raise UserError(f"market was built with vol_windows {market.vol_windows}, the settings say {cfg.vol_windows}")

@@ -79,8 +79,9 @@ class VecTradingEnv(SharedVecEnv):
         self._reset_seeds()
         self._reset_options()
         self._restart(np.arange(self.num_envs))
+        pf, informer = self.engine.portfolio, self.engine.informer
         self.reset_infos = [
-            {"date": self.engine.informer.dates[t], "net_worth": self.config.initial_cash} for t in self._t.tolist()
+            informer.from_state(t, pf.state[i], pf.weights[i], pf.weights[i]) for i, t in enumerate(self._t.tolist())
         ]
         self.last_step = {}
         return self.engine.observe(self._t)

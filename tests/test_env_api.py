@@ -117,6 +117,22 @@ def test_vec_env_matches_single_envs_step_for_step(execution: str) -> None:
     assert finished >= 3
 
 
+def test_vec_env_reset_infos_match_the_single_env_reset_info() -> None:
+    """Same keys and values per copy: start date, all-cash account, zero step results, zero weights."""
+    bars = synthetic_bars(2, 150, seed=4)
+    config = {**SMALL, "random_start": True}
+    vec = make_vec_env(bars, 2, seed=5, **config)
+    vec.reset()
+    for i, vec_info in enumerate(vec.reset_infos):
+        _, info = make_env(bars, **config).reset(seed=5 + i)
+        assert set(vec_info) == set(info) and len(info) == 9
+        for key in ("date", "net_worth", "cash", "turnover", "fees", "drawdown", "reward"):
+            assert vec_info[key] == info[key], key
+        np.testing.assert_array_equal(vec_info["weights"], info["weights"])
+        np.testing.assert_array_equal(vec_info["target_weights"], info["target_weights"])
+    assert vec.reset_infos[0]["date"] != vec.reset_infos[1]["date"]  # each copy reports its own start
+
+
 def test_vec_env_trains_with_sb3_ppo() -> None:
     from stable_baselines3 import PPO
     from stable_baselines3.common.vec_env import VecMonitor

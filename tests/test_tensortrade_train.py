@@ -2,7 +2,7 @@
 
 Runs in the main venv. The tests that start workers need the TensorTrade interpreter (``$TT_PYTHON`` or
 ``.venv-tt``, made by tools/tt_lane.sh); without one they skip, except with ``TT_LANE=1`` (the lane) where
-they fail. The missing-interpreter and broken-worker tests run everywhere.
+they fail. The refusal, missing-interpreter and broken-worker tests run everywhere.
 """
 
 from __future__ import annotations
@@ -124,10 +124,14 @@ def test_remote_vec_env_matches_native_env(tt_python: Path, sample: pd.DataFrame
     assert all(worker.process.returncode is not None for worker in vec.workers)
 
 
-def test_refused_setting_is_a_clear_training_error(tt_python: Path, stored: sa.Engine, tmp_path: Path) -> None:
-    """The default next-open fills are refused by the TensorTrade worker; train_mvp says what to pass."""
+@pytest.mark.parametrize("execution", [(), ("--execution", "next_open")], ids=["default", "next_open"])
+def test_refused_setting_is_a_clear_training_error(
+    execution: tuple[str, ...], stored: sa.Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Next-open fills (the default) are refused before any worker starts: no interpreter is even looked up."""
+    monkeypatch.setenv("TT_PYTHON", str(tmp_path / "no-such-python"))
     with pytest.raises(UserError) as caught:
-        _train(stored, tmp_path)
+        _train(stored, tmp_path, *execution)
     assert caught.value.exit_code == ExitCode.USAGE
     assert "--execution" in str(caught.value) and "pass --execution close" in str(caught.value)
 
