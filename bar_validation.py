@@ -1,6 +1,6 @@
 """Validation of daily bars before they are stored: pure checks on a DataFrame, no I/O.
 
-:func:`validate_bars` is called by ``db_utils.upsert_price_bars`` (and by the pipeline to report rejected rows);
+:func:`validate_bars` is called by ``bar_store.upsert_price_bars`` (and by the pipeline to report rejected rows);
 the rules and their order are documented in docs/database.md.
 """
 

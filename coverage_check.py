@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 
-import create_tt_tables as tables
+import tt_schema as tables
 from settings import UserError
 
 DEFAULT_CALENDAR = "XNYS"

@@ -20,115 +20,17 @@ import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 
-import create_tt_tables as tables
 import db_utils
-import features
 import report_mvp
 import run_records
-from features import TRADING_DAYS_PER_YEAR
+import tt_schema as tables
+from checkpoints import FINAL
+from market import Market, build_market
+from metrics import Evaluation
+from run_records import RunRecord
 from settings import REPO_ROOT, CommonSettings, ExitCode, UserError, parse_command, setting
 from tensortrade_risk_module import EnvConfig, mark_to_market, rebalance
-from trading_env import Market, TradingEnv, build_market, make_env
-
-ANNUALIZATION = TRADING_DAYS_PER_YEAR
-FINAL_CHECKPOINT = f"{run_records.FINAL}.zip"
-
-
-# ------------------------------------------------------------------------------------------------ metrics
-# Each takes the daily simple returns r_1..r_n of one policy (n = number of sessions after the first one) and
-# matches empyrical's definition of the same name (tests/test_evaluate_metrics.py checks them to 1e-9).
-def total_return(returns: np.ndarray) -> float:
-    """prod(1 + r) - 1 (NaN for an empty series)."""
-    return float(np.prod(1.0 + returns) - 1.0) if len(returns) else math.nan
-
-
-def cagr(returns: np.ndarray, annualization: int = ANNUALIZATION) -> float:
-    """Compound annual growth on trading days: (1 + total return) ** (annualization / n) - 1."""
-    if not len(returns):
-        return math.nan
-    return float((1.0 + total_return(returns)) ** (annualization / len(returns)) - 1.0)
-
-
-def annual_volatility(returns: np.ndarray, annualization: int = ANNUALIZATION) -> float:
-    """Sample standard deviation (ddof=1) of the daily returns times sqrt(annualization); NaN when n < 2."""
-    if len(returns) < 2:
-        return math.nan
-    return float(np.std(returns, ddof=1) * math.sqrt(annualization))
-
-
-def _ratio(numerator: float, denominator: float) -> float:
-    """numerator / denominator with IEEE semantics (±inf, or NaN for 0/0) instead of an exception."""
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return float(np.float64(numerator) / np.float64(denominator))
-
-
-def sharpe(returns: np.ndarray, annualization: int = ANNUALIZATION) -> float:
-    """mean(r) / std(r, ddof=1) * sqrt(annualization), risk-free rate 0; NaN when n < 2 or for 0/0."""
-    if len(returns) < 2:
-        return math.nan
-    # A constant series has zero dispersion exactly; np.std could leave a 1e-18 residue.
-    std = 0.0 if returns.max() == returns.min() else float(np.std(returns, ddof=1))
-    return _ratio(float(np.mean(returns)), std) * math.sqrt(annualization)
-
-
-def downside_deviation(returns: np.ndarray, annualization: int = ANNUALIZATION) -> float:
-    """sqrt(mean(min(r, 0)²)) * sqrt(annualization): the mean runs over all n days, not only the losing ones."""
-    if not len(returns):
-        return math.nan
-    return float(np.sqrt(np.mean(np.minimum(returns, 0.0) ** 2)) * math.sqrt(annualization))
-
-
-def sortino(returns: np.ndarray, annualization: int = ANNUALIZATION) -> float:
-    """mean(r) * annualization / downside deviation (target return 0); NaN when n < 2, ±inf with no losses."""
-    if len(returns) < 2:
-        return math.nan
-    return _ratio(float(np.mean(returns)) * annualization, downside_deviation(returns, annualization))
-
-
-def max_drawdown(returns: np.ndarray) -> float:
-    """min over t of V_t / max(V_0..V_t) - 1, with V_0 = 1 and V_t = prod(1 + r): a number <= 0."""
-    if not len(returns):
-        return math.nan
-    value = np.concatenate(([1.0], np.cumprod(1.0 + returns)))
-    return float(np.min(value / np.maximum.accumulate(value) - 1.0))
-
-
-def calmar(returns: np.ndarray, annualization: int = ANNUALIZATION) -> float:
-    """CAGR / |max drawdown|; NaN when there was no drawdown (or the ratio is infinite)."""
-    drawdown = max_drawdown(returns)
-    if not drawdown < 0:
-        return math.nan
-    ratio = cagr(returns, annualization) / abs(drawdown)
-    return ratio if math.isfinite(ratio) else math.nan
-
-
-def policy_metrics(trace: pd.DataFrame, annualization: int = ANNUALIZATION) -> dict[str, float]:
-    """Every metric of one policy from its daily trace (see :func:`rollout`).
-
-    Row 0 is the start (all cash, before any decision); rows 1..n are the closes after each step.
-
-    :return: the ``tt_evaluations`` metric columns; ``turnover`` is annualized (sum of daily traded value /
-        net worth, times annualization / n), ``avg_gross_exposure`` is the mean of sum|w| over the n closes.
-    """
-    worth = trace["net_worth"].to_numpy(dtype="float64")
-    returns = worth[1:] / worth[:-1] - 1.0
-    n = len(returns)
-    return {
-        "total_return": total_return(returns),
-        "cagr": cagr(returns, annualization),
-        "annual_volatility": annual_volatility(returns, annualization),
-        "sharpe": sharpe(returns, annualization),
-        "sortino": sortino(returns, annualization),
-        "max_drawdown": max_drawdown(returns),
-        "calmar": calmar(returns, annualization),
-        "turnover": float(trace["turnover"].iloc[1:].sum() * annualization / n) if n else math.nan,
-        "fees_paid": float(trace["fees"].sum()),
-        "avg_gross_exposure": float(trace["gross_exposure"].iloc[1:].mean()) if n else math.nan,
-        "days_stopped": int(trace["stopped"].iloc[1:].sum()),
-        "final_net_worth": float(worth[-1]),
-        "sessions": n,
-    }
-
+from trading_env import TradingEnv, make_env
 
 # ----------------------------------------------------------------------------------------------- policies
 # A policy sees the observation, the decision date and the previous decision date (None on the first step)
@@ -162,17 +64,6 @@ def agent_policy(model: Any) -> Policy:
 
 
 # ---------------------------------------------------------------------------------------------- rollouts
-@dataclasses.dataclass(frozen=True)
-class Evaluation:
-    """Every policy's daily trace, end-of-day weights and metrics over one slice."""
-
-    start: dt.date  # first evaluated session: the start value and the first decision are at its close
-    end: dt.date  # last evaluated session
-    metrics: pd.DataFrame  # index policy, columns as in tt_evaluations
-    traces: dict[str, pd.DataFrame]  # policy -> daily trace (see rollout)
-    weights: dict[str, pd.DataFrame]  # policy -> end-of-day weights, dates x symbols
-
-
 def slice_market(market: Market, config: EnvConfig, start: dt.date, end: dt.date | None) -> Market:
     """The market cut so that the first decision falls on ``start`` (or the next session) and the last close on
     ``end`` (or the session before; None = the last date).
@@ -214,17 +105,17 @@ def _liquidate_and_hold(env: TradingEnv) -> list[dict[str, Any]]:
     The sale is a decision at t with the environment's timing and costs (band 0: everything that can pay its
     fee is sold); a position too small to pay its flat fee stays and is marked to market.
     """
-    engine, t = env.engine, env.t
-    if t >= engine.last:
+    step_engine, t = env.engine, env.t
+    if t >= step_engine.last:
         return []
-    pf, cfg = engine.portfolio, env.config
-    price = engine.fill[t + engine.fill_offset]
+    pf = step_engine.portfolio
+    price = step_engine.fill[t + step_engine.fill_offset]
     quantity, cash, fees, turnover = rebalance(
-        pf.quantity, pf.cash, np.zeros_like(pf.quantity), price, 0.0, cfg.fee_flat, engine.commission
+        pf.quantity, pf.cash, np.zeros_like(pf.quantity), price, 0.0, env.config.fee_flat, step_engine.commission
     )
-    worth, weights = mark_to_market(quantity, cash, engine.market.close[t + 1 :])
+    worth, weights = mark_to_market(quantity, cash, step_engine.market.close[t + 1 :])
     return [
-        {"date": engine.market.date_strings[t + 1 + i], "net_worth": float(worth[i, 0]), "cash": float(cash[0]),
+        {"date": step_engine.market.date_strings[t + 1 + i], "net_worth": float(worth[i, 0]), "cash": float(cash[0]),
          "weights": weights[i], "turnover": float(turnover[0]) if i == 0 else 0.0,
          "fees": float(fees[0]) if i == 0 else 0.0}
         for i in range(len(worth))
@@ -264,36 +155,32 @@ def evaluate_policies(market: Market, env_settings: dict[str, Any], policies: di
     traces, weights = {}, {}
     for name, policy in policies.items():
         traces[name], weights[name] = rollout(make_env(market, **env_settings), policy)
-    metrics = pd.DataFrame({name: policy_metrics(trace) for name, trace in traces.items()}).T
-    metrics.index.name = "policy"
-    first = traces[next(iter(traces))].index
-    return Evaluation(first[0].date(), first[-1].date(), metrics, traces, weights)
+    return Evaluation.from_traces(traces, weights)
 
 
-def final_checkpoint(run: dict[str, Any]) -> Path:
+def final_checkpoint(run: RunRecord) -> Path:
     """Path of the run's final checkpoint; :raise UserError: (NOT_FOUND) when it is not on disk."""
-    folder = Path(run["checkpoint_dir"] or "")
-    path = folder / FINAL_CHECKPOINT
-    if not run["checkpoint_dir"] or not path.is_file():
+    path = Path(run.checkpoint_dir or "") / f"{FINAL}.zip"
+    if not run.checkpoint_dir or not path.is_file():
         raise UserError(
-            f"run {run['run_id']}: final checkpoint {path} not found (status {run['status']!r}; was the run "
+            f"run {run.run_id}: final checkpoint {path} not found (status {run.status!r}; was the run "
             "interrupted, or the checkpoint folder moved or deleted?)",
             ExitCode.NOT_FOUND,
         )
     return path
 
 
-def run_env_settings(run: dict[str, Any]) -> dict[str, Any]:
+def run_env_settings(run: RunRecord) -> dict[str, Any]:
     """The environment settings the run trained with, for a single whole-slice episode.
 
     Only the episode shaping changes: no random start and no episode length, so the evaluation runs from the
     first to the last session of the slice; costs, timing, reward and stopper are the training ones.
     """
-    config = run["config"] or {}
+    config = run.config or {}
     stored = config.get("env", config)
     names = {f.name for f in dataclasses.fields(EnvConfig)}
-    settings = {k: tuple(v) if isinstance(v, list) else v for k, v in stored.items() if k in names}
-    return {**settings, "random_start": False, "episode_length": None}
+    trained = {k: tuple(v) if isinstance(v, list) else v for k, v in stored.items() if k in names}
+    return {**trained, "random_start": False, "episode_length": None}
 
 
 def store_evaluation(engine: sa.Engine, run_id: str, evaluation: Evaluation) -> None:
@@ -325,16 +212,16 @@ class EvaluateSettings(CommonSettings):
     store: bool = setting(True, "store the metrics in tt_evaluations")
 
 
-def evaluation_slice(run: dict[str, Any], settings: EvaluateSettings) -> tuple[dt.date, dt.date | None]:
+def evaluation_slice(run: RunRecord, settings: EvaluateSettings) -> tuple[dt.date, dt.date | None]:
     """(start, end) of the evaluation: flags, else the day after the training slice .. the last stored bar."""
-    start = settings.start or (run["slice_end"] + dt.timedelta(days=1) if run["slice_end"] else None)
+    start = settings.start or (run.slice_end + dt.timedelta(days=1) if run.slice_end else None)
     if start is None:
-        raise UserError(f"run {run['run_id']} has no slice_end in tt_runs: give --start", ExitCode.USAGE)
+        raise UserError(f"run {run.run_id} has no slice_end in tt_runs: give --start", ExitCode.USAGE)
     end = settings.end
     if end is not None and end < start:
         raise UserError(f"--end {end} is before the evaluation start {start}")
-    if run["slice_end"] and start <= run["slice_end"]:
-        print(f"warning: the evaluation starts on {start}, inside the training slice (ends {run['slice_end']})")
+    if run.slice_end and start <= run.slice_end:
+        print(f"warning: the evaluation starts on {start}, inside the training slice (ends {run.slice_end})")
     return start, end
 
 
@@ -364,9 +251,9 @@ def evaluate_run(engine: sa.Engine, settings: EvaluateSettings) -> Path:
     :raise UserError: NOT_FOUND for an unknown run or a missing checkpoint, REFUSED when the data do not fit.
     """
     run = run_records.find_run(engine, settings.run, finished_only=True)
-    if run.get("backend") == "tensortrade":
+    if run.backend == "tensortrade":
         raise UserError(
-            f"run {run['run_id']} was trained on the TensorTrade backend, whose observations differ from the native "
+            f"run {run.run_id} was trained on the TensorTrade backend, whose observations differ from the native "
             "environment's; evaluate_mvp.py evaluates native runs (see docs/tensortrade_backend.md)",
             ExitCode.REFUSED,
         )
@@ -374,18 +261,18 @@ def evaluate_run(engine: sa.Engine, settings: EvaluateSettings) -> Path:
     start, end = evaluation_slice(run, settings)
     env_settings = run_env_settings(run)
     config = EnvConfig(**env_settings)
-    data = features.load_training_bars(engine, run["symbols"] or [], None, end, include_flagged=True)
+    data = db_utils.load_training_bars(engine, run.symbols, None, end, include_flagged=True)
     if data.missing:
-        raise UserError(f"run {run['run_id']} traded {', '.join(data.missing)}: no stored bars", ExitCode.REFUSED)
+        raise UserError(f"run {run.run_id} traded {', '.join(data.missing)}: no stored bars", ExitCode.REFUSED)
     market = slice_market(build_market(data.bars, config), config, start, end)
     model = load_model(checkpoint, len(market.symbols), make_env(market, **env_settings).observation_space.shape)
     policies = {"agent": agent_policy(model), **baseline_policies(len(market.symbols))}
     evaluation = evaluate_policies(market, env_settings, policies)
     if settings.store:
-        store_evaluation(engine, run["run_id"], evaluation)
-    episodes = run_records.read_episodes(engine, run["run_id"])
-    html = report_mvp.write_report(settings.out_dir / run["run_id"], run, evaluation, episodes, env_settings)
-    print(f"run {run['run_id']}: {evaluation.start} .. {evaluation.end}, {len(market.symbols)} symbols")
+        store_evaluation(engine, run.run_id, evaluation)
+    episodes = run_records.read_episodes(engine, run.run_id)
+    html = report_mvp.write_report(settings.out_dir / run.run_id, run, evaluation, episodes, env_settings)
+    print(f"run {run.run_id}: {evaluation.start} .. {evaluation.end}, {len(market.symbols)} symbols")
     print(report_mvp.format_metrics(evaluation.metrics).to_string())
     print(f"report: {html}")
     return html

@@ -1,22 +1,16 @@
 """Basic features: simple and log returns and rolling annualized volatility, with no look-ahead.
 
-Features are recomputed on demand from the stored bars rather than stored (docs/features.md explains why):
-computing them for the 505-symbol, 619k-row scale set takes well under a second, and a stored copy could go
-stale whenever a bar is corrected.
+Pure functions of a bar frame, no database access (``db_utils.load_training_bars`` reads the bars). Features are
+recomputed on demand rather than stored (docs/features.md explains why): computing them for the 505-symbol,
+619k-row scale set takes well under a second, and a stored copy could go stale whenever a bar is corrected.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import datetime as dt
 from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
-import sqlalchemy as sa
-
-import create_tt_tables as tables
-import db_utils
 
 TRADING_DAYS_PER_YEAR = 252
 DEFAULT_VOL_WINDOWS: tuple[int, ...] = (20, 60)
@@ -80,46 +74,3 @@ def large_moves(features: pd.DataFrame, threshold: float = LARGE_MOVE) -> pd.Dat
     """
     hits = features.loc[features["ret"].abs() >= threshold, ["symbol", "date", "price", "ret"]]
     return hits.sort_values("ret", key=np.abs, ascending=False, ignore_index=True)
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainingBars:
-    """Stored bars for training: ``bars`` (long format, :func:`db_utils.read_price_bars`), the ``symbols`` they
-    contain, the ``flagged`` symbols (below the minimum coverage at the last ingest) with their coverage, and the
-    requested symbols that have no usable bars (``missing``)."""
-
-    bars: pd.DataFrame
-    symbols: tuple[str, ...]
-    flagged: dict[str, float | None]
-    missing: tuple[str, ...] = ()
-
-
-def load_training_bars(
-    engine: sa.Engine,
-    symbols: Sequence[str] | None = None,
-    start: dt.date | None = None,
-    end: dt.date | None = None,
-    *,
-    include_flagged: bool = False,
-) -> TrainingBars:
-    """The one way training reads stored bars: flagged (low-coverage) symbols are left out unless asked for.
-
-    :param engine: database engine (``db_utils.connect``).
-    :param symbols: symbols wanted; None = every stored symbol.
-    :param start: first date (inclusive), None = from the first stored bar.
-    :param end: last date (inclusive), None = to the last stored bar.
-    :param include_flagged: keep symbols flagged below ``--min-coverage`` by the ingest run.
-    """
-    s = tables.symbols
-    query = sa.select(s.c.symbol, s.c.coverage).where(s.c.below_min_coverage.is_(True))
-    if symbols is not None:
-        query = query.where(s.c.symbol.in_(list(symbols)))
-    with engine.connect() as conn:
-        flagged = {row.symbol: row.coverage for row in conn.execute(query)}
-    wanted = None if symbols is None else [x for x in symbols if include_flagged or x not in flagged]
-    bars = db_utils.read_price_bars(engine, wanted, start, end)
-    if symbols is None and not include_flagged:
-        bars = bars[~bars["symbol"].isin(list(flagged))].reset_index(drop=True)
-    used = tuple(sorted(bars["symbol"].unique()))
-    missing = tuple(sorted(set(wanted or ()) - set(used)))
-    return TrainingBars(bars, used, flagged, missing)

@@ -1,7 +1,8 @@
-"""Historical-data pacing for the IBKR source: IBKR's documented limits as an asyncio throttle (docs/ibkr.md).
+"""The IBKR source's settings and historical-data pacing: IBKR's documented limits as an asyncio throttle.
 
-Kept apart from ``ibkr_source.py`` so the rules can be tested with an injected clock and reused by the
-benchmark to compute the minimum time the rules allow.
+Kept apart from ``ibkr_source.py`` (and from ib_async, which this module never imports) so the ingest command can
+declare the IB settings without loading the client, the rules can be tested with an injected clock, and the
+benchmark can compute the minimum time the rules allow (docs/ibkr.md).
 """
 
 from __future__ import annotations
@@ -11,7 +12,54 @@ import dataclasses
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Hashable
-from typing import Any
+from typing import Any, Literal
+
+from settings import setting
+
+
+@dataclasses.dataclass(frozen=True)
+class IbSettings:
+    """Connection and pacing settings for the IBKR source."""
+
+    ib_host: str = setting("127.0.0.1", "TWS / IB Gateway host", env="IB_HOST")
+    ib_port: int = setting(4002, "API port (IB Gateway paper 4002 / live 4001; TWS 7497 / 7496)", env="IB_PORT")
+    ib_client_id: int = setting(17, "API client id (must not be in use by another API client)", env="IB_CLIENT_ID")
+    ib_pacing: Literal["soft", "strict"] = setting(
+        "soft",
+        "soft: IBKR's soft throttle for daily bars; strict: the documented pacing rules",
+        env="IB_PACING",
+    )
+    ib_max_in_flight: int = setting(4, "requests in flight at once in soft mode (<= 50)", env="IB_MAX_IN_FLIGHT")
+    ib_timeout: float = setting(60.0, "seconds to wait for one historical request", env="IB_TIMEOUT")
+    ib_max_reconnects: int = setting(5, "reconnects after the gateway drops the connection", env="IB_MAX_RECONNECTS")
+    what_to_show: Literal["TRADES", "ADJUSTED_LAST"] = setting(
+        "TRADES", "IBKR bar type (ADJUSTED_LAST is only allowed with an empty end date)", env="IB_WHAT_TO_SHOW"
+    )
+    ib_connect_timeout: float = setting(10.0, "seconds to wait for the API handshake", env="IB_CONNECT_TIMEOUT")
+    ib_reconnect_delay: float = setting(
+        1.0, "first reconnect delay in seconds (doubles per attempt, capped at 30 s)", env="IB_RECONNECT_DELAY"
+    )
+    ib_chunk_years: int = setting(
+        1, "years per historical request (1 = IBKR's documented maximum for daily bars; up to 10)", env="IB_CHUNK_YEARS"
+    )
+    ib_overlap_days: int = setting(
+        7, "calendar days re-requested before the last stored bar (picks up corrections)", env="IB_OVERLAP_DAYS"
+    )
+    ib_pacing_scale: float = setting(
+        1.0,
+        "multiplies IBKR's pacing windows (15 s, 2 s, 10 min); < 1 only against the simulator",
+        env="IB_PACING_SCALE",
+    )
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.ib_max_in_flight <= 50:
+            raise ValueError(
+                f"--ib-max-in-flight must be 1..50 (IBKR allows 50 open requests), got {self.ib_max_in_flight}"
+            )
+        if not 1 <= self.ib_chunk_years <= 10:
+            raise ValueError(f"--ib-chunk-years must be 1..10, got {self.ib_chunk_years}")
+        if self.ib_timeout <= 0 or self.ib_connect_timeout <= 0 or self.ib_pacing_scale <= 0:
+            raise ValueError("--ib-timeout, --ib-connect-timeout and --ib-pacing-scale must be > 0")
 
 
 @dataclasses.dataclass(frozen=True)

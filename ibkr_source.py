@@ -14,22 +14,29 @@ import contextlib
 import dataclasses
 import datetime as dt
 import logging
-import math
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
-from typing import Any, Literal, TypeVar
-from zoneinfo import ZoneInfo
+from typing import Any, TypeVar
 
-import numpy as np
 import pandas as pd
 from ib_async import IB, Contract
 from ib_async.ib import StartupFetchNONE
 from ib_async.wrapper import RequestError
 
-from ibkr_pacing import PacingRules, Throttle
-from settings import ExitCode, UserError, setting
-from watchlist_loader import BAR_COLUMNS, FetchStatus, SymbolFetch, WatchlistEntry, empty_bars, to_source_symbol
+from ibkr_pacing import IbSettings, PacingRules, Throttle
+from ibkr_parsing import (
+    bars_frame,
+    combine_chunks,
+    exchange_date,
+    is_no_data,
+    is_pacing_violation,
+    matching_details,
+    next_chunk_end,
+    plan_request,
+)
+from settings import ExitCode, UserError
+from watchlist_loader import FetchStatus, SymbolFetch, WatchlistEntry, empty_bars, to_source_symbol
 
 T = TypeVar("T")
 log = logging.getLogger("ibkr_source")
@@ -39,55 +46,9 @@ _MAX_TIMEOUT_ATTEMPTS = 2
 _RECONNECT_CAP_S = 30.0
 
 
-@dataclasses.dataclass(frozen=True)
-class IbSettings:
-    """Connection and pacing settings for the IBKR source."""
-
-    ib_host: str = setting("127.0.0.1", "TWS / IB Gateway host", env="IB_HOST")
-    ib_port: int = setting(4002, "API port (IB Gateway paper 4002 / live 4001; TWS 7497 / 7496)", env="IB_PORT")
-    ib_client_id: int = setting(17, "API client id (must not be in use by another API client)", env="IB_CLIENT_ID")
-    ib_pacing: Literal["soft", "strict"] = setting(
-        "soft",
-        "soft: IBKR's soft throttle for daily bars; strict: the documented pacing rules",
-        env="IB_PACING",
-    )
-    ib_max_in_flight: int = setting(4, "requests in flight at once in soft mode (<= 50)", env="IB_MAX_IN_FLIGHT")
-    ib_timeout: float = setting(60.0, "seconds to wait for one historical request", env="IB_TIMEOUT")
-    ib_max_reconnects: int = setting(5, "reconnects after the gateway drops the connection", env="IB_MAX_RECONNECTS")
-    what_to_show: Literal["TRADES", "ADJUSTED_LAST"] = setting(
-        "TRADES", "IBKR bar type (ADJUSTED_LAST is only allowed with an empty end date)", env="IB_WHAT_TO_SHOW"
-    )
-    ib_connect_timeout: float = setting(10.0, "seconds to wait for the API handshake", env="IB_CONNECT_TIMEOUT")
-    ib_reconnect_delay: float = setting(
-        1.0, "first reconnect delay in seconds (doubles per attempt, capped at 30 s)", env="IB_RECONNECT_DELAY"
-    )
-    ib_chunk_years: int = setting(
-        1, "years per historical request (1 = IBKR's documented maximum for daily bars; up to 10)", env="IB_CHUNK_YEARS"
-    )
-    ib_overlap_days: int = setting(
-        7, "calendar days re-requested before the last stored bar (picks up corrections)", env="IB_OVERLAP_DAYS"
-    )
-    ib_pacing_scale: float = setting(
-        1.0,
-        "multiplies IBKR's pacing windows (15 s, 2 s, 10 min); < 1 only against the simulator",
-        env="IB_PACING_SCALE",
-    )
-
-    def __post_init__(self) -> None:
-        if not 1 <= self.ib_max_in_flight <= 50:
-            raise ValueError(
-                f"--ib-max-in-flight must be 1..50 (IBKR allows 50 open requests), got {self.ib_max_in_flight}"
-            )
-        if not 1 <= self.ib_chunk_years <= 10:
-            raise ValueError(f"--ib-chunk-years must be 1..10, got {self.ib_chunk_years}")
-        if self.ib_timeout <= 0 or self.ib_connect_timeout <= 0 or self.ib_pacing_scale <= 0:
-            raise ValueError("--ib-timeout, --ib-connect-timeout and --ib-pacing-scale must be > 0")
-
-
 def _no_data(exc: RequestError) -> bool:
-    """Whether an IB error means "no bars" (162 HMDS no data / no head time stamp) rather than a failure."""
-    text = exc.message.lower()
-    return exc.code == 162 and ("no data" in text or "head time stamp" in text)
+    """Whether an IB error means "no bars" rather than a failure."""
+    return is_no_data(exc.code, exc.message)
 
 
 @dataclasses.dataclass
@@ -109,7 +70,7 @@ class _Fetcher:
     """One run: the IB connection, the throttle, the worker tasks and the queue of finished symbols."""
 
     def __init__(self, settings: IbSettings, start: dt.date, end: dt.date, since: dict[str, dt.date]) -> None:
-        self.s, self.start, self.end, self.since = settings, start, end, since
+        self.settings, self.start, self.end, self.since = settings, start, end, since
         self.ib = IB()
         self.ib.RaiseRequestErrors = True  # errors come back as RequestError(code, message), never as []
         rules = PacingRules().scaled(settings.ib_pacing_scale)
@@ -133,7 +94,7 @@ class _Fetcher:
                 in_use.set_result(text)
 
         self.ib.errorEvent += on_error
-        s = self.s
+        s = self.settings
         connecting = asyncio.ensure_future(
             self.ib.connectAsync(
                 s.ib_host, s.ib_port, s.ib_client_id, timeout=s.ib_connect_timeout, readonly=True,
@@ -154,7 +115,7 @@ class _Fetcher:
 
     def unavailable(self, exc: BaseException, what: str) -> UserError:
         """The SOURCE_UNAVAILABLE error: what failed, and how to start the gateway or pick another source."""
-        s = self.s
+        s = self.settings
         if isinstance(exc, TimeoutError):
             reason = f"no API handshake within {s.ib_connect_timeout:g} s (API disabled, or client id in use?)"
         else:
@@ -177,10 +138,10 @@ class _Fetcher:
 
     async def reconnect(self) -> None:
         """Reconnect with exponential backoff; after ``ib_max_reconnects`` failures the run stops."""
-        delay = self.s.ib_reconnect_delay
+        delay, attempts = self.settings.ib_reconnect_delay, self.settings.ib_max_reconnects
         last: BaseException = ConnectionError("connection lost")
-        for attempt in range(1, self.s.ib_max_reconnects + 1):
-            log.warning("IBKR: connection lost; reconnect %d of %d in %.1f s", attempt, self.s.ib_max_reconnects, delay)
+        for attempt in range(1, attempts + 1):
+            log.warning("IBKR: connection lost; reconnect %d of %d in %.1f s", attempt, attempts, delay)
             await asyncio.sleep(delay)
             try:
                 await self.connect_once()
@@ -189,9 +150,7 @@ class _Fetcher:
             except (OSError, TimeoutError, ConnectionError) as exc:
                 last = exc
             delay = min(delay * 2, _RECONNECT_CAP_S)
-        self.fatal = self.unavailable(
-            last, f"lost the connection; {self.s.ib_max_reconnects} reconnects failed to reach"
-        )
+        self.fatal = self.unavailable(last, f"lost the connection; {attempts} reconnects failed to reach")
         self.ready.set()  # wake the workers so they see the fatal error
 
     async def call(self, kind: str, sym: _Symbol, make: Callable[[], Awaitable[T]], keys: tuple | None = None) -> T:
@@ -214,9 +173,9 @@ class _Fetcher:
                 if entry is not None and self.ib.client._msgQ:
                     # ib_async queued it (its 45 messages/s limit): the gateway will time it up to 1 s later
                     self.throttle.sent_late(entry, self.ib.client.RequestsInterval)
-                return await asyncio.wait_for(task, self.s.ib_timeout + 5)
+                return await asyncio.wait_for(task, self.settings.ib_timeout + 5)
             except RequestError as exc:
-                pacing = exc.code == 162 and "pacing violation" in exc.message.lower()
+                pacing = is_pacing_violation(exc.code, exc.message)
                 if exc.code == _TOO_MANY_OPEN and self.throttle.shrink():
                     continue  # the gateway's open-request limit is lower than ours: keep fewer in flight
                 if not (pacing or exc.code == _TOO_MANY_OPEN) or pacing_retries >= _MAX_PACING_RETRIES:
@@ -244,9 +203,7 @@ class _Fetcher:
             currency=e.currency or "USD", primaryExchange=e.primary_exchange,
         )  # fmt: skip
         details = await self.call("contract", sym, lambda: self.ib.reqContractDetailsAsync(wanted))
-        matches = [d for d in details if d.contract and d.contract.secType == wanted.secType] or details
-        if len(matches) > 1 and e.primary_exchange:
-            matches = [d for d in matches if d.contract and d.contract.primaryExchange == e.primary_exchange]
+        matches = matching_details(details, wanted.secType, e.primary_exchange)
         if len(matches) != 1:
             raise RequestError(-1, 200, f"{len(matches)} contracts match {wanted.symbol} {wanted.secType} "
                                         f"{wanted.currency}; set primary_exchange in the watchlist")  # fmt: skip
@@ -262,34 +219,23 @@ class _Fetcher:
 
     async def head_date(self, sym: _Symbol) -> dt.date:
         """First day IBKR has bars for (the head timestamp, in the exchange's time zone)."""
-        c, what = sym.contract, self.s.what_to_show
+        c, what = sym.contract, self.settings.what_to_show
         assert c is not None
         keys = (("head", c.conId, what), (c.conId, c.exchange, what))
         stamp = await self.call("head", sym, lambda: self.ib.reqHeadTimeStampAsync(c, what, True, 2), keys)
-        return stamp.astimezone(ZoneInfo(sym.tz)).date()
-
-    def plan(self, sym: _Symbol) -> tuple[str, str]:
-        """The next request's (endDateTime, durationStr): year chunks ("N Y", never > 365 "D"), newest first."""
-        assert sym.first is not None and sym.chunk_end is not None
-        if self.s.what_to_show == "ADJUSTED_LAST":
-            # IBKR rejects ADJUSTED_LAST with an end date: one request ending now, reaching back to ``first``
-            days = (dt.date.today() - sym.first).days + 1
-            return "", (f"{days} D" if days <= 365 else f"{math.ceil(days / 365)} Y")
-        days = (sym.chunk_end - sym.first).days + 1
-        years = self.s.ib_chunk_years
-        duration = f"{days} D" if days <= 365 else f"{min(years, math.ceil(days / 365))} Y"
-        # explicit exchange-zone end of day: a bare date would be read in this machine's zone
-        return f"{sym.chunk_end:%Y%m%d} 23:59:59 {sym.tz}", duration
+        return exchange_date(stamp, sym.tz)
 
     async def chunk(self, sym: _Symbol) -> None:
         """Request the next chunk and move ``chunk_end`` before the earliest bar received."""
-        c, what = sym.contract, self.s.what_to_show
+        c, what = sym.contract, self.settings.what_to_show
         assert c is not None and sym.chunk_end is not None and sym.first is not None
-        end_text, duration = self.plan(sym)
+        end_text, duration = plan_request(
+            sym.first, sym.chunk_end, sym.tz, what, self.settings.ib_chunk_years, dt.date.today()
+        )
 
         async def request() -> list[Any]:
             bars = await self.ib.reqHistoricalDataAsync(
-                c, end_text, duration, "1 day", what, True, formatDate=1, timeout=self.s.ib_timeout
+                c, end_text, duration, "1 day", what, True, formatDate=1, timeout=self.settings.ib_timeout
             )
             if len(bars) == 0:  # with RaiseRequestErrors, an empty list only means ib_async timed out
                 raise TimeoutError
@@ -303,28 +249,9 @@ class _Fetcher:
                 raise
             sym.no_data, bars = exc, []
         if bars:
-            sym.frames.append(self.frame(sym.entry.symbol, bars))
-        count, unit = duration.split()
-        reached = unit == "D" or (pd.Timestamp(sym.chunk_end) - pd.DateOffset(years=int(count))).date() < sym.first
-        if reached or what == "ADJUSTED_LAST":
-            sym.chunk_end = sym.first - dt.timedelta(days=1)
-        elif bars:  # continue just before the earliest bar received, whatever window IBKR applied
-            sym.chunk_end = min(b.date for b in bars) - dt.timedelta(days=1)
-        else:
-            sym.chunk_end = (pd.Timestamp(sym.chunk_end) - pd.DateOffset(years=int(count))).date()
-        if np.busday_count(sym.first, sym.chunk_end + dt.timedelta(days=1)) == 0:
-            sym.chunk_end = sym.first - dt.timedelta(days=1)  # only a weekend left: nothing to ask for
-
-    def frame(self, symbol: str, bars: list[Any]) -> pd.DataFrame:
-        """Bars as a frame in BAR_COLUMNS order; adj_close = close for ADJUSTED_LAST, else NaN."""
-        close = np.array([b.close for b in bars], dtype="float64")
-        volume = np.array([b.volume for b in bars], dtype="float64")
-        return pd.DataFrame({
-            "symbol": symbol, "date": [b.date for b in bars], "open": [b.open for b in bars],
-            "high": [b.high for b in bars], "low": [b.low for b in bars], "close": close,
-            "adj_close": close if self.s.what_to_show == "ADJUSTED_LAST" else np.full(len(close), np.nan),
-            "volume": np.where(volume < 0, np.nan, volume),
-        }, columns=list(BAR_COLUMNS))  # fmt: skip
+            sym.frames.append(bars_frame(sym.entry.symbol, bars, what))
+        earliest = min(b.date for b in bars) if bars else None
+        sym.chunk_end = next_chunk_end(sym.first, sym.chunk_end, duration, what, earliest)
 
     async def fetch_symbol(self, sym: _Symbol) -> SymbolFetch:
         """Qualify, clamp by the head timestamp (or the last stored bar), then fetch chunks until done."""
@@ -335,7 +262,7 @@ class _Fetcher:
             if sym.first is None:
                 last = self.since.get(symbol)
                 if last is not None:  # incremental: one small request from just before the last stored bar
-                    sym.first = max(self.start, last - dt.timedelta(days=self.s.ib_overlap_days))
+                    sym.first = max(self.start, last - dt.timedelta(days=self.settings.ib_overlap_days))
                 else:
                     head = await self.head_date(sym)
                     sym.metadata["first_available_date"] = head
@@ -352,19 +279,11 @@ class _Fetcher:
             # a failed symbol returns no bars: storing only the newest chunks would hide the older gap from
             # the next incremental run
             return self.result(sym, status, empty_bars(), exc)
-        bars = self.bars(sym)
+        assert sym.first is not None
+        bars = combine_chunks(sym.frames, sym.first, self.end)
         if bars.empty:
             return self.result(sym, FetchStatus.NO_DATA, bars, sym.no_data)
         return self.result(sym, FetchStatus.STORED, bars, None)
-
-    def bars(self, sym: _Symbol) -> pd.DataFrame:
-        """All chunks, one row per date (the newest chunk wins an overlap), inside the wanted range."""
-        if not sym.frames:
-            return empty_bars()
-        frame = pd.concat(sym.frames, ignore_index=True).drop_duplicates("date", keep="first")
-        assert sym.first is not None
-        keep = (frame["date"] >= sym.first) & (frame["date"] <= self.end)
-        return frame[keep].sort_values("date", ignore_index=True)
 
     def result(self, sym: _Symbol, status: FetchStatus, bars: pd.DataFrame, exc: RequestError | None) -> SymbolFetch:
         """The SymbolFetch for a finished symbol."""

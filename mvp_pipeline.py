@@ -21,15 +21,15 @@ import pandas as pd
 import sqlalchemy as sa
 from tqdm import tqdm
 
+import bar_store
 import bar_validation
 import coverage_check
-import create_tt_tables as tables
 import db_utils
 import features
-import settings as cfg
+import tt_schema as tables
 import watchlist_loader as wl
-from ibkr_source import IbSettings
-from settings import ExitCode, UserError, setting
+from ibkr_pacing import IbSettings
+from settings import REPO_ROOT, CommonSettings, ExitCode, UserError, format_config, parse_command, run_cli, setting
 
 log = logging.getLogger("mvp_pipeline")
 LOCK_NAME = "ingest"
@@ -38,12 +38,12 @@ _METADATA_COLUMNS = {"ib_con_id", "primary_exchange", "exchange", "currency", "f
 
 
 @dataclasses.dataclass(frozen=True)
-class IngestSettings(IbSettings, cfg.CommonSettings):
+class IngestSettings(IbSettings, CommonSettings):
     """Settings of ``mvp_pipeline.py`` (the IB connection settings are used by ``--source ibkr`` only)."""
 
     start: dt.date | None = setting(None, "first day wanted, YYYY-MM-DD (required)")
     end: dt.date | None = setting(None, "last day wanted, YYYY-MM-DD, not in the future (required)")
-    watchlist: Path = setting(cfg.REPO_ROOT / "tensorwatchlist.csv", "watchlist CSV", env="TT_WATCHLIST")
+    watchlist: Path = setting(REPO_ROOT / "tensorwatchlist.csv", "watchlist CSV", env="TT_WATCHLIST")
     source: Literal["ibkr", "sample", "csv", "yfinance"] = setting(
         "ibkr", "where bars come from: ibkr (TWS/IB Gateway), sample (bundled), csv (--csv), yfinance", env="TT_SOURCE"
     )
@@ -118,10 +118,7 @@ def make_source(settings: IngestSettings) -> Source:
 
 
 def _ibkr_fetcher(settings: IngestSettings) -> wl.Fetcher:
-    import ibkr_source
-
-    if not hasattr(ibkr_source, "fetch_price_history_ibkr"):
-        raise UserError("--source ibkr is not available in this version", ExitCode.SOURCE_UNAVAILABLE)
+    import ibkr_source  # here, so that only --source ibkr loads ib_async
 
     def fetch(entries: list, start: dt.date, end: dt.date, since: dict) -> Iterator[wl.SymbolFetch]:
         return ibkr_source.fetch_price_history_ibkr(entries, start, end, since, settings)
@@ -159,7 +156,7 @@ class Ingest:
     """One ingest run over a connected database (the lock is held by the caller)."""
 
     def __init__(self, settings: IngestSettings, engine: sa.Engine, entries: list[wl.WatchlistEntry]) -> None:
-        self.s, self.engine, self.entries = settings, engine, entries
+        self.settings, self.engine, self.entries = settings, engine, entries
         self.start, self.end = check_dates(settings)
         self.reports = {e.symbol: SymbolReport(e.symbol) for e in entries}
         self.timings: dict[str, dict[str, float]] = {}
@@ -173,12 +170,12 @@ class Ingest:
 
     def incremental_since(self) -> dict[str, dt.date]:
         """Last stored bar per symbol whose stored history already reaches back to its wanted start."""
-        if self.s.full_refresh:
+        if self.settings.full_refresh:
             return {}
         ranges = db_utils.stored_date_ranges(self.engine, list(self.reports))
         first_available = self.first_available()
         wanted = [max(self.start, first_available.get(s) or self.start) for s in ranges.index]
-        firsts = coverage_check.sessions_on_or_after(wanted, self.s.calendar)
+        firsts = coverage_check.sessions_on_or_after(wanted, self.settings.calendar)
         return {
             str(symbol): row["last_date"]
             for (symbol, row), first in zip(ranges.iterrows(), firsts, strict=True)
@@ -195,7 +192,7 @@ class Ingest:
     def fetch_and_store(self, source: Source) -> None:
         """Pull each symbol from the source and store it promptly (file sources: up to ``flush_rows`` at once)."""
         since = self.incremental_since()
-        log.info("fetching %d symbol(s) from %s (%d incremental)", len(self.entries), self.s.source, len(since))
+        log.info("fetching %d symbol(s) from %s (%d incremental)", len(self.entries), self.settings.source, len(since))
         pending: list[wl.SymbolFetch] = []
         fetch_s = store_s = 0.0
         rows = pending_rows = 0
@@ -211,7 +208,7 @@ class Ingest:
                 rows += len(item.bars)
                 pending_rows += len(item.bars)
                 bar.update(1)
-                if not source.batched or pending_rows >= self.s.flush_rows:
+                if not source.batched or pending_rows >= self.settings.flush_rows:
                     t0 = time.perf_counter()
                     self.flush(pending, since)
                     store_s += time.perf_counter() - t0
@@ -227,9 +224,10 @@ class Ingest:
         if not fetched:
             return
         frames = [f.bars for f in fetched if len(f.bars)]
-        result = db_utils.UpsertResult()
-        if frames and not self.s.dry_run:
-            result = db_utils.upsert_price_bars(self.engine, pd.concat(frames, ignore_index=True), source=self.s.source)
+        result = bar_store.UpsertResult()
+        if frames and not self.settings.dry_run:
+            bars = pd.concat(frames, ignore_index=True)
+            result = bar_store.upsert_price_bars(self.engine, bars, source=self.settings.source)
         elif frames:
             _, rejected = bar_validation.validate_bars(pd.concat(frames, ignore_index=True))
             result.rejected_rows = rejected
@@ -238,11 +236,11 @@ class Ingest:
             self.rejected.append(result.rejected_rows)
         for f in fetched:
             self.record(f, result, since)
-        if not self.s.dry_run:
+        if not self.settings.dry_run:
             with self.engine.begin() as conn:
                 db_utils.upsert_rows(conn, tables.symbols, [self.symbol_row(f) for f in fetched], ["symbol"])
 
-    def record(self, f: wl.SymbolFetch, result: db_utils.UpsertResult, since: dict[str, dt.date]) -> None:
+    def record(self, f: wl.SymbolFetch, result: bar_store.UpsertResult, since: dict[str, dt.date]) -> None:
         """Fill the summary line of one fetched symbol."""
         report = self.reports[f.symbol]
         report.fetched = len(f.bars)
@@ -269,8 +267,9 @@ class Ingest:
         report = self.reports[f.symbol]
         row: dict[str, Any] = {
             "symbol": f.symbol, "name": entry.name or None, "sec_type": entry.sec_type, "exchange": entry.exchange,
-            "primary_exchange": entry.primary_exchange or None, "currency": entry.currency, "source": self.s.source,
-            "status": report.status, "last_error": report.error, "updated_at": dt.datetime.now(dt.UTC),
+            "primary_exchange": entry.primary_exchange or None, "currency": entry.currency,
+            "source": self.settings.source, "status": report.status, "last_error": report.error,
+            "updated_at": dt.datetime.now(dt.UTC),
         }  # fmt: skip
         meta = {("name" if k == "long_name" else k): v for k, v in f.metadata.items()}
         if f.first_available_date is not None:
@@ -284,7 +283,7 @@ class Ingest:
         symbols = list(self.reports)
         windows = coverage_check.coverage_windows(symbols, self.start, self.end, self.first_available())
         stored = coverage_check.read_stored_dates(self.engine, symbols)
-        report = coverage_check.compute_coverage(stored, windows, self.s.min_coverage, self.s.calendar)
+        report = coverage_check.compute_coverage(stored, windows, self.settings.min_coverage, self.settings.calendar)
         rows = coverage_check.symbol_rows(report, stored)
         for row in rows:
             line = self.reports[row["symbol"]]
@@ -380,7 +379,7 @@ def run(settings: IngestSettings, engine: sa.Engine, entries: list[wl.WatchlistE
 
 def _start_run(engine: sa.Engine, settings: IngestSettings, job: Ingest) -> int:
     """Insert the ``tt_ingest_runs`` row (status running, arguments with secrets masked); its run id."""
-    arguments = dict(line.split(" = ", 1) for line in cfg.format_config(settings).splitlines())
+    arguments = dict(line.split(" = ", 1) for line in format_config(settings).splitlines())
     record = {"started_at": dt.datetime.now(dt.UTC), "status": "running", "source": settings.source,
               "start_date": job.start, "end_date": job.end, "arguments": arguments}  # fmt: skip
     with engine.begin() as conn:
@@ -412,7 +411,7 @@ def _log_totals(table: pd.DataFrame, code: ExitCode, dry_run: bool) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Parse settings and run the ingest pipeline; see docs/ingestion.md."""
-    settings = cfg.parse_command(IngestSettings, argv, "Ingest daily bars for the watchlist (docs/ingestion.md).")
+    settings = parse_command(IngestSettings, argv, "Ingest daily bars for the watchlist (docs/ingestion.md).")
     if settings is None:
         return 0
     with logging_to(settings) as log_path:
@@ -430,4 +429,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(cfg.run_cli(main))
+    raise SystemExit(run_cli(main))

@@ -12,7 +12,7 @@ import html
 import json
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import matplotlib
 
@@ -22,10 +22,9 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, MaxNLocator, PercentFormatter
 
+from metrics import Evaluation
+from run_records import RunRecord
 from tensortrade_risk_module import env_config
-
-if TYPE_CHECKING:  # evaluate_mvp imports this module
-    from evaluate_mvp import Evaluation
 
 COLORS = {"agent": "#111111", "buy_and_hold": "#1f77b4", "monthly_rebalanced": "#2ca02c",
           "inverse_vol": "#ff7f0e", "cash": "#8c8c8c"}  # fmt: skip
@@ -185,26 +184,26 @@ def _save(fig: Figure, path: Path) -> bytes:
     return path.read_bytes()
 
 
-def _html_page(run: dict[str, Any], evaluation: Evaluation, table: pd.DataFrame, images: dict[str, bytes],
+def _html_page(run: RunRecord, evaluation: Evaluation, table: pd.DataFrame, images: dict[str, bytes],
                env_settings: dict[str, Any]) -> str:  # fmt: skip
     def img(name: str) -> str:
         data = base64.b64encode(images[name]).decode("ascii")
         return f'<img src="data:image/png;base64,{data}" alt="{name} chart">'
 
-    symbols = ", ".join(run.get("symbols") or [])
+    symbols = ", ".join(run.symbols)
     sections = "".join(
         f'<section id="{key}"><h2>{title}</h2><p>{note}</p>{img(key)}</section>' for key, title, note in SECTIONS
     )
     settings = html.escape(json.dumps(env_settings, indent=1, default=str))
     sessions = int(evaluation.metrics["sessions"].iloc[0])
     return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>Evaluation of run {html.escape(run["run_id"])}</title>
+<html lang="en"><head><meta charset="utf-8"><title>Evaluation of run {html.escape(run.run_id)}</title>
 <style>body{{font-family:system-ui,sans-serif;max-width:1250px;margin:2em auto;color:#222}}
 table{{border-collapse:collapse;font-size:14px}}th,td{{padding:4px 10px;border-bottom:1px solid #ddd;text-align:right}}
 th:first-child,td:first-child{{text-align:left}}img{{max-width:100%}}p{{color:#555}}</style></head><body>
-<h1>Evaluation of run {html.escape(run["run_id"])}</h1>
+<h1>Evaluation of run {html.escape(run.run_id)}</h1>
 <p>Out of sample: {evaluation.start} to {evaluation.end} ({sessions} sessions after the start); training slice
-{run.get("slice_start")} to {run.get("slice_end")}. Symbols: {html.escape(symbols)}.
+{run.slice_start} to {run.slice_end}. Symbols: {html.escape(symbols)}.
 Every policy runs in the same environment, with the same costs and execution timing;
 after a drawdown stop a policy sells everything and stays in cash.
 Generated {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC.</p>
@@ -215,11 +214,11 @@ Generated {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC.</p>
 """
 
 
-def write_report(out_dir: Path, run: dict[str, Any], evaluation: Evaluation, episodes: pd.DataFrame,
+def write_report(out_dir: Path, run: RunRecord, evaluation: Evaluation, episodes: pd.DataFrame,
                  env_settings: dict[str, Any]) -> Path:  # fmt: skip
     """Write the PNGs and ``report.html`` into ``out_dir`` (created); return the HTML path.
 
-    :param run: the ``tt_runs`` row; ``episodes``: its ``tt_episodes`` rows; ``env_settings``: the
+    :param run: the ``tt_runs`` record; ``episodes``: its ``tt_episodes`` rows; ``env_settings``: the
         environment settings the evaluation used (shown at the end of the page).
     """
     out_dir.mkdir(parents=True, exist_ok=True)

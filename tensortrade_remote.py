@@ -6,7 +6,7 @@ TensorTrade 1.0.4 needs Python >= 3.12 while the learner (Stable-Baselines3 with
 ``TradingEnv`` (:func:`tensortrade_backend.make_tensortrade_env`), and talks to it over pipes: pickled
 commands on the worker's stdin, pickled replies on a pipe of their own (so nothing TensorTrade or TensorFlow
 prints can corrupt them; the worker's stdout and stderr go to a log file whose tail explains a crash).
-The bars travel once, as the fields of the :class:`trading_env.Market` built here. docs/tensortrade_backend.md.
+The bars travel once, as the fields of the :class:`market.Market` built here. docs/tensortrade_backend.md.
 """
 
 from __future__ import annotations
@@ -26,9 +26,10 @@ import numpy as np
 import pandas as pd
 from stable_baselines3.common.vec_env.base_vec_env import VecEnvStepReturn
 
+from market import Market
 from settings import REPO_ROOT, ExitCode, UserError
 from tensortrade_risk_module import tensortrade_config
-from trading_env import Market, market_and_config
+from trading_env import market_and_config
 from trading_vec_env import SharedVecEnv
 
 WORKER = REPO_ROOT / "tensortrade_backend.py"
@@ -230,7 +231,7 @@ def _arrays(info: dict[str, Any]) -> dict[str, Any]:
 def make_vec_env(bars: pd.DataFrame | Market, n_envs: int, seed: int | None = None, **config: Any) -> RemoteVecEnv:
     """The TensorTrade backend as an SB3 VecEnv of worker processes, over ``bars`` (or a prebuilt Market).
 
-    Same signature as :func:`trading_env.make_vec_env`; the settings (including the TensorTrade refusals of
+    Same signature as :func:`trading_vec_env.make_vec_env`; the settings (including the TensorTrade refusals of
     :func:`~tensortrade_risk_module.tensortrade_config`: ``execution``, ``random_start``, ``allow_short``)
     and the bars are validated here, before any worker starts.
 

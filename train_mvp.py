@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import json
 import signal
 import time
 import typing
@@ -25,11 +24,21 @@ from stable_baselines3.common.callbacks import BaseCallback
 from tqdm import tqdm
 
 import db_utils
-import features
 import run_records
-import settings
-from settings import REPO_ROOT, CommonSettings, ExitCode, UserError, setting
-from step_logger import StepLogger, load_fallback
+from checkpoints import FINAL, TrainingState, read_checkpoint, save_checkpoint
+from settings import (
+    REPO_ROOT,
+    CommonSettings,
+    ExitCode,
+    UserError,
+    convert,
+    mask_secret,
+    parse_command,
+    resolve,
+    run_cli,
+    setting,
+)
+from step_logger import LoggerReport, StepLogger, load_fallback
 from tensortrade_risk_module import EnvConfig
 
 
@@ -63,27 +72,27 @@ class TrainSettings(EnvConfig, CommonSettings):
     evaluate: str | None = setting(None, "evaluate a run (RUN id or 'latest') out of sample like evaluate_mvp.py, exit")
 
 
-def env_settings(cfg: TrainSettings) -> dict[str, Any]:
-    """The environment parameters of ``cfg`` as ``make_vec_env`` keyword arguments."""
-    return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(EnvConfig)}
+def env_settings(settings: TrainSettings) -> dict[str, Any]:
+    """The environment parameters of ``settings`` as ``make_vec_env`` keyword arguments."""
+    return {f.name: getattr(settings, f.name) for f in dataclasses.fields(EnvConfig)}
 
 
 # ------------------------------------------------------------------------------------------------ data
 
 
-def requested_symbols(cfg: TrainSettings) -> list[str]:
+def requested_symbols(settings: TrainSettings) -> list[str]:
     """``--symbols`` (canonical notation; a malformed one is a usage error naming it) or the watchlist's."""
     import watchlist_loader
 
-    if not cfg.symbols:
-        return sorted({entry.symbol for entry in watchlist_loader.load_watchlist(cfg.watchlist)})
+    if not settings.symbols:
+        return sorted({entry.symbol for entry in watchlist_loader.load_watchlist(settings.watchlist)})
     try:
-        return sorted({watchlist_loader.canonical_symbol(s) for s in cfg.symbols})
+        return sorted({watchlist_loader.canonical_symbol(s) for s in settings.symbols})
     except ValueError as exc:
         raise UserError(f"--symbols: {exc}") from None
 
 
-def training_slice(engine: sa.Engine, cfg: TrainSettings, symbols: list[str]) -> tuple[pd.DataFrame, list[str]]:
+def training_slice(engine: sa.Engine, settings: TrainSettings, symbols: list[str]) -> tuple[pd.DataFrame, list[str]]:
     """Bars of the training slice and the symbols in it; refuses unknown/flagged symbols and empty slices."""
     stored = db_utils.stored_date_ranges(engine, symbols)
     unknown = sorted(set(symbols) - set(stored.index))
@@ -92,109 +101,78 @@ def training_slice(engine: sa.Engine, cfg: TrainSettings, symbols: list[str]) ->
             f"no stored bars for symbol(s) {', '.join(unknown)}; store them first with mvp_pipeline.py",
             ExitCode.REFUSED,
         )
-    data = features.load_training_bars(engine, symbols, cfg.start, cfg.end, include_flagged=cfg.force)
-    if data.flagged and not cfg.force:
+    data = db_utils.load_training_bars(engine, symbols, settings.start, settings.end, include_flagged=settings.force)
+    if data.flagged and not settings.force:
         shown = ", ".join(f"{k} ({v:.1%})" if v is not None else k for k, v in sorted(data.flagged.items()))
         raise UserError(f"symbol(s) below the coverage threshold: {shown}; fix the data, drop them from "
                         "--symbols/the watchlist, or pass --force", ExitCode.REFUSED)  # fmt: skip
+    between = f"between {settings.start or 'the first'} and {settings.end or 'the last'} date"
     if data.missing and len(data.bars):
-        raise UserError(f"no stored bars between {cfg.start or 'the first'} and {cfg.end or 'the last'} date for "
-                        f"{', '.join(data.missing)}", ExitCode.REFUSED)  # fmt: skip
+        raise UserError(f"no stored bars {between} for {', '.join(data.missing)}", ExitCode.REFUSED)
     bars = data.bars
-    if cfg.end is None and len(bars):
+    if settings.end is None and len(bars):
         dates = np.sort(bars["date"].unique())
-        cut = dates[max(int(len(dates) * (1.0 - cfg.holdout)) - 1, 0)]
+        cut = dates[max(int(len(dates) * (1.0 - settings.holdout)) - 1, 0)]
         bars = bars[bars["date"] <= cut]
     if bars.empty:
-        raise UserError(f"no stored bars between {cfg.start or 'the first'} and {cfg.end or 'the last'} date "
-                        f"for {', '.join(symbols)}", ExitCode.REFUSED)  # fmt: skip
+        raise UserError(f"no stored bars {between} for {', '.join(symbols)}", ExitCode.REFUSED)
     return bars.reset_index(drop=True), list(data.symbols)
 
 
 # ------------------------------------------------------------------------------------------------ environment
 
 
-def make_training_env(cfg: TrainSettings, bars: pd.DataFrame, seed: int) -> Any:
+def make_training_env(settings: TrainSettings, bars: pd.DataFrame, seed: int) -> Any:
     """The vectorized environment of the chosen backend; a missing backend is a clear error.
 
     ``tensortrade``: TensorTrade environments in worker processes of the TensorTrade lane's Python >= 3.12
     (:mod:`tensortrade_remote`); no interpreter, or a setting TensorTrade cannot honour, is a UserError.
     """
-    if cfg.backend == "tensortrade":
+    if settings.backend == "tensortrade":
         import tensortrade_remote as backend
     else:
-        import trading_env as backend
-    return backend.make_vec_env(bars, cfg.n_envs, seed=seed, **env_settings(cfg))
+        import trading_vec_env as backend
+    return backend.make_vec_env(bars, settings.n_envs, seed=seed, **env_settings(settings))
 
 
-def seed_everything(cfg: TrainSettings) -> None:
+def seed_everything(settings: TrainSettings) -> None:
     """Deterministic CPU torch with the chosen number of threads, and the global seeds."""
     import torch
     from stable_baselines3.common.utils import set_random_seed
 
-    torch.set_num_threads(cfg.torch_threads)
+    torch.set_num_threads(settings.torch_threads)
     torch.use_deterministic_algorithms(True)
-    set_random_seed(cfg.seed)
+    set_random_seed(settings.seed)
 
 
-def build_model(cfg: TrainSettings, env: Any, resume_zip: Path | None) -> Any:
+def build_model(settings: TrainSettings, env: Any, resume_zip: Path | None) -> Any:
     """A new PPO model, or the one saved in ``resume_zip`` attached to ``env``."""
     from stable_baselines3 import PPO
 
     if resume_zip is not None:
         return PPO.load(resume_zip, env=env, device="cpu")
     return PPO(
-        "MlpPolicy", env, n_steps=cfg.n_steps, batch_size=cfg.batch_size, n_epochs=cfg.n_epochs,
-        learning_rate=cfg.learning_rate, gamma=cfg.gamma, seed=cfg.seed, device="cpu", verbose=0,
+        "MlpPolicy", env, n_steps=settings.n_steps, batch_size=settings.batch_size, n_epochs=settings.n_epochs,
+        learning_rate=settings.learning_rate, gamma=settings.gamma, seed=settings.seed, device="cpu", verbose=0,
     )  # fmt: skip
 
 
-# ------------------------------------------------------------------------------------------------ checkpoints
+# ------------------------------------------------------------------------------------------------ run record
 
 
-def save_checkpoint(model: Any, folder: Path, name: str, state: dict[str, Any], keep: int) -> Path:
-    """Write ``name.zip`` (SB3) and ``name.json`` (run state for --resume); prune old per-episode ones."""
-    folder.mkdir(parents=True, exist_ok=True)
-    model.save(folder / f"{name}.zip")
-    state = {**state, "model": f"{name}.zip", "saved_at": dt.datetime.now(dt.UTC).isoformat()}
-    tmp = folder / f"{name}.json.tmp"
-    tmp.write_text(json.dumps(state, indent=1, default=str))
-    tmp.replace(folder / f"{name}.json")  # atomic: a crash never leaves a half-written state file
-    for old in sorted(folder.glob("episode_*.json"))[: -keep or None] if name != run_records.FINAL else []:
-        old.unlink()
-        old.with_suffix(".zip").unlink(missing_ok=True)
-    return folder / f"{name}.zip"
-
-
-def read_checkpoint(path: Path) -> tuple[dict[str, Any], Path]:
-    """The state and model path of a checkpoint given as .zip, .json or run folder (its latest checkpoint)."""
-    path = Path(path).expanduser()
-    if path.is_dir():
-        candidates = [path / f"{run_records.FINAL}.json"] if (path / f"{run_records.FINAL}.json").is_file() else []
-        candidates = candidates or sorted(path.glob("episode_*.json"))[-1:]
-        path = candidates[0] if candidates else path / f"{run_records.FINAL}.json"
-    state_file = path.with_suffix(".json")
-    if not state_file.is_file() or not state_file.with_suffix(".zip").is_file():
-        raise UserError(f"checkpoint {path} not found (expected {state_file.name} and its .zip)", ExitCode.NOT_FOUND)
-    try:
-        state = json.loads(state_file.read_text())
-    except json.JSONDecodeError as exc:
-        raise UserError(f"checkpoint {state_file}, line {exc.lineno}: {exc.msg}", ExitCode.USAGE) from None
-    return state, state_file.with_suffix(".zip")
-
-
-def _settings_record(cfg: TrainSettings) -> dict[str, Any]:
+def _settings_record(settings: TrainSettings) -> dict[str, Any]:
     """Every setting, secrets masked: what runs and checkpoints record."""
-    masked = {f.name for f in dataclasses.fields(cfg) if f.metadata.get("secret")}
-    return {k: (settings.mask_secret(v) if k in masked else v) for k, v in dataclasses.asdict(cfg).items()}
+    masked = {f.name for f in dataclasses.fields(settings) if f.metadata.get("secret")}
+    return {k: (mask_secret(v) if k in masked else v) for k, v in dataclasses.asdict(settings).items()}
 
 
-def new_run(engine: sa.Engine, cfg: TrainSettings, symbols: list[str], bars: pd.DataFrame) -> dict[str, Any]:
+def new_run(engine: sa.Engine, settings: TrainSettings, symbols: list[str], bars: pd.DataFrame) -> TrainingState:
     """Record a new run with its full effective configuration (``env``: EnvConfig fields, ``train``: the rest)."""
-    env = env_settings(cfg)
-    train = {k: v for k, v in _settings_record(cfg).items() if k not in env}
-    return run_records.new_run(engine, config={"env": env, "train": train}, backend=cfg.backend, seed=cfg.seed,
-                               symbols=symbols, bars=bars, checkpoint_dir=cfg.checkpoint_dir)  # fmt: skip
+    env = env_settings(settings)
+    train = {k: v for k, v in _settings_record(settings).items() if k not in env}
+    return run_records.new_run(engine, config={"env": env, "train": train}, backend=settings.backend,
+                               seed=settings.seed, symbols=symbols, bars=bars,
+                               checkpoint_dir=settings.checkpoint_dir)  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------------ training
@@ -207,11 +185,12 @@ class EpisodeCallback(BaseCallback):
     training stops at the first step where ``target`` episodes have completed (across all environments).
     """
 
-    def __init__(self, cfg: TrainSettings, env: Any, log: StepLogger, state: dict[str, Any], bar: tqdm) -> None:
-        """:param state: run id, folder, ``next_episode``, ``episodes_done``, ``total_steps``."""
+    def __init__(self, settings: TrainSettings, env: Any, log: StepLogger, state: TrainingState, bar: tqdm) -> None:
+        """:param state: the run's progress so far (a copy is updated and saved with every checkpoint)."""
         super().__init__()
-        self.cfg, self.vec, self.log, self.state, self.bar = cfg, env, log, dict(state), bar
-        self.target = state["episodes_done"] + cfg.episodes
+        self.settings, self.vec, self.log, self.bar = settings, env, log, bar
+        self.state = dataclasses.replace(state, settings=_settings_record(settings))
+        self.target = state.episodes_done + settings.episodes
         self.dates = np.array([str(d) for d in env.dates])
         n = env.num_envs
         self.episode, self.steps = np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64)
@@ -223,16 +202,16 @@ class EpisodeCallback(BaseCallback):
         fresh = self.steps == 0
         if fresh.any():  # new episodes take the next numbers, in environment order
             count = int(fresh.sum())
-            self.episode[fresh] = np.arange(self.state["next_episode"], self.state["next_episode"] + count)
-            self.state["next_episode"] += count
+            self.episode[fresh] = np.arange(self.state.next_episode, self.state.next_episode + count)
+            self.state.next_episode += count
             self.first_t[fresh], self.started[fresh] = last["t"][fresh], time.perf_counter()
             self.reward_sum[fresh] = self.max_dd[fresh] = 0.0
         self.steps += 1
         reward, drawdown = last["reward"][:, 0], last["drawdown"][:, 0]
         self.reward_sum += reward
         np.maximum(self.max_dd, drawdown, out=self.max_dd)
-        self.state["total_steps"] += len(reward)
-        if self.cfg.step_log:
+        self.state.total_steps += len(reward)
+        if self.settings.step_log:
             self.log.add_steps(
                 self.episode, self.steps, self.dates[last["t"]], action=last["action"],
                 target_weights=last["target_weights"], reward=reward, net_worth=last["net_worth"][:, 0],
@@ -241,8 +220,8 @@ class EpisodeCallback(BaseCallback):
         done = np.flatnonzero(self.locals["dones"])
         if len(done):
             self.finish(done, [self.locals["infos"][i]["stop_reason"] for i in done])
-            self.checkpoint(f"episode_{self.state['episodes_done']:05d}")
-        return self.state["episodes_done"] < self.target
+            self.checkpoint(f"episode_{self.state.episodes_done:05d}")
+        return self.state.episodes_done < self.target
 
     def finish(self, rows: np.ndarray, reasons: list[str], completed: bool = True) -> None:
         """Record and print the episodes of environments ``rows``; they start afresh at the next step."""
@@ -254,7 +233,7 @@ class EpisodeCallback(BaseCallback):
                 "episode": int(self.episode[i]), "env_index": i, "steps": int(self.steps[i]),
                 "start_date": dt.date.fromisoformat(self.dates[self.first_t[i]]),
                 "end_date": dt.date.fromisoformat(self.dates[last["t"][i]]), "reward_sum": float(self.reward_sum[i]),
-                "net_worth_start": self.cfg.initial_cash, "net_worth_end": float(last["net_worth"][i, 0]),
+                "net_worth_start": self.settings.initial_cash, "net_worth_end": float(last["net_worth"][i, 0]),
                 "max_drawdown": float(self.max_dd[i]), "stop_reason": reason, "wall_time_s": wall,
                 "finished_at": dt.datetime.now(dt.UTC),
             }  # fmt: skip
@@ -267,10 +246,10 @@ class EpisodeCallback(BaseCallback):
             )
         self.steps[rows] = 0
         if completed:
-            self.state["episodes_done"] += len(records)
+            self.state.episodes_done += len(records)
             self.bar.update(len(records))
         self.log.add_episodes(records)
-        self.log.update_run(episodes_done=self.state["episodes_done"], total_steps=self.state["total_steps"])
+        self.log.update_run(episodes_done=self.state.episodes_done, total_steps=self.state.total_steps)
 
     def close_open(self, reason: str) -> None:
         """Record episodes still running when training ends (``cut``) or is interrupted (not counted as done)."""
@@ -280,27 +259,28 @@ class EpisodeCallback(BaseCallback):
 
     def checkpoint(self, name: str) -> Path:
         """Save model + run state under the run's folder."""
-        state = {**self.state, "settings": _settings_record(self.cfg)}
-        return save_checkpoint(self.model, Path(self.state["folder"]), name, state, self.cfg.keep_checkpoints)
+        return save_checkpoint(self.model, self.state, name, self.settings.keep_checkpoints)
 
 
-def run_training(engine: sa.Engine, cfg: TrainSettings, model: Any, env: Any, state: dict[str, Any]) -> int:
-    """Learn until ``cfg.episodes`` more episodes complete; always checkpoint, flush and record the outcome.
+def run_training(engine: sa.Engine, settings: TrainSettings, model: Any, env: Any, state: TrainingState) -> int:
+    """Learn until ``settings.episodes`` more episodes complete; always checkpoint, flush and record the outcome.
 
     :return: exit code: OK, INTERRUPTED, or PARTIAL when rows went to the step-log fallback file instead.
     """
-    run_id = state["run_id"]
-    fallback = Path(cfg.log_dir) / f"steps_{run_id}_{dt.datetime.now():%H%M%S}.jsonl"
+    run_id = state.run_id
+    fallback = Path(settings.log_dir) / f"steps_{run_id}_{dt.datetime.now():%H%M%S}.jsonl"
     log = StepLogger(engine, run_id, fallback, announce=lambda m: tqdm.write(m))
-    print(f"run {run_id}: training {cfg.episodes} episode(s) on {', '.join(env.symbols)}, "
-          f"{env.dates[0]} .. {env.dates[-1]}, seed {cfg.seed}, {env.num_envs} env(s)")  # fmt: skip
+    print(f"run {run_id}: training {settings.episodes} episode(s) on {', '.join(env.symbols)}, "
+          f"{env.dates[0]} .. {env.dates[-1]}, seed {settings.seed}, {env.num_envs} env(s)")  # fmt: skip
     # disable=None: no bar when stderr is not a terminal (cron, log files); episode lines still print.
-    bar = tqdm(total=cfg.episodes, unit="episode", desc=f"run {run_id}", dynamic_ncols=True, disable=None)
-    callback = EpisodeCallback(cfg, env, log, state, bar)
-    budget = cfg.episodes * len(env.dates) * env.num_envs + cfg.n_steps * env.num_envs  # never the binding limit
+    bar = tqdm(total=settings.episodes, unit="episode", desc=f"run {run_id}", dynamic_ncols=True, disable=None)
+    callback = EpisodeCallback(settings, env, log, state, bar)
+    budget = (
+        settings.episodes * len(env.dates) * env.num_envs + settings.n_steps * env.num_envs
+    )  # never the binding limit
     status, code, error, started = "finished", ExitCode.OK, None, time.perf_counter()
     try:
-        model.learn(total_timesteps=budget, callback=callback, reset_num_timesteps=state["total_steps"] == 0)
+        model.learn(total_timesteps=budget, callback=callback, reset_num_timesteps=state.total_steps == 0)
     except KeyboardInterrupt:
         status, code = "interrupted", ExitCode.INTERRUPTED
     except Exception as exc:
@@ -310,85 +290,86 @@ def run_training(engine: sa.Engine, cfg: TrainSettings, model: Any, env: Any, st
         previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not lose buffered rows
         try:
             callback.close_open("cut" if status == "finished" else status)
-            final = callback.checkpoint(run_records.FINAL)
+            final = callback.checkpoint(FINAL)
             log.update_run(status=status, finished_at=dt.datetime.now(dt.UTC), error=error)
             bar.close()
             report = log.close(timeout=30)
         finally:
             signal.signal(signal.SIGINT, previous)
-        _summary(callback.state, status, time.perf_counter() - started, final, report, cfg)
+        _summary(callback.state, status, time.perf_counter() - started, final, report, settings)
     if code == ExitCode.OK and report.fallback_file is not None:
         code = ExitCode.PARTIAL  # trained, but the database misses rows: cron must see it (--load-steps stores them)
     return int(code)
 
 
-def _summary(state: dict[str, Any], status: str, wall: float, final: Path, report: Any, cfg: TrainSettings) -> None:
+def _summary(
+    state: TrainingState, status: str, wall: float, final: Path, report: LoggerReport, settings: TrainSettings
+) -> None:
     print(
-        f"run {state['run_id']} {status}: {state['episodes_done']} episode(s), {state['total_steps']} env steps in "
-        f"{wall:.1f} s ({state['total_steps'] / max(wall, 1e-9):,.0f} env steps/s); final checkpoint {final}"
+        f"run {state.run_id} {status}: {state.episodes_done} episode(s), {state.total_steps} env steps in "
+        f"{wall:.1f} s ({state.total_steps / max(wall, 1e-9):,.0f} env steps/s); final checkpoint {final}"
     )
     print(f"step log: {report.steps_written} step rows, {report.episodes_written} episode rows written"
           + (f", {report.retries} retries during database outages" if report.retries else ""))  # fmt: skip
     if report.fallback_file is not None:
-        url = f" --database-url '{cfg.database_url}'" if cfg.database_url else ""
+        url = f" --database-url '{settings.database_url}'" if settings.database_url else ""
         print(f"WARNING: {report.unwritten_steps} step rows (and episode/run updates) could not be stored; they are "
               f"saved in {report.fallback_file}\n  store them later with: python train_mvp.py --load-steps "
               f"{report.fallback_file}{url}")  # fmt: skip
 
 
-def train(engine: sa.Engine, cfg: TrainSettings) -> int:
+def train(engine: sa.Engine, settings: TrainSettings) -> int:
     """Train (or resume) a run; returns the exit code."""
-    resume_zip = None
-    if cfg.resume is not None:
-        state, resume_zip = read_checkpoint(cfg.resume)
-        cfg = dataclasses.replace(cfg, **_resumed_settings(state))
-    bars, symbols = training_slice(engine, cfg, requested_symbols(cfg))
-    state = run_records.resume_run(engine, state) if resume_zip else new_run(engine, cfg, symbols, bars)
-    seed_everything(cfg)
-    env = make_training_env(cfg, bars, cfg.seed + state["next_episode"] - 1)
+    resumed, resume_zip = read_checkpoint(settings.resume) if settings.resume is not None else (None, None)
+    if resumed is not None:
+        settings = dataclasses.replace(settings, **_resumed_settings(resumed))
+    bars, symbols = training_slice(engine, settings, requested_symbols(settings))
+    state = run_records.resume_run(engine, resumed) if resumed is not None else new_run(engine, settings, symbols, bars)
+    seed_everything(settings)
+    env = make_training_env(settings, bars, settings.seed + state.next_episode - 1)
     try:
-        return run_training(engine, cfg, build_model(cfg, env, resume_zip), env, state)
+        return run_training(engine, settings, build_model(settings, env, resume_zip), env, state)
     finally:
         env.close()  # stops the TensorTrade backend's worker processes now rather than at exit
 
 
-def _resumed_settings(state: dict[str, Any]) -> dict[str, Any]:
+def _resumed_settings(state: TrainingState) -> dict[str, Any]:
     """The checkpoint's settings, except those a resumed run may change (episodes, logging, database)."""
     changeable = {"episodes", "step_log", "database_url", "sqlite_path", "log_dir", "verbose", "keep_checkpoints",
                   "resume", "show_run", "load_steps", "last", "evaluate"}  # fmt: skip
     hints = typing.get_type_hints(TrainSettings)
-    return {k: settings.convert(v, hints[k], k) for k, v in state["settings"].items() if k not in changeable}
+    return {k: convert(v, hints[k], k) for k, v in state.settings.items() if k not in changeable}
 
 
 def main(argv: list[str] | None = None) -> int:
     """Parse flags and run the requested action (train, --show-run, --load-steps or --evaluate)."""
-    cfg = settings.parse_command(TrainSettings, argv, "Train PPO on the stored bars (docs/training.md).")
-    if cfg is None:
+    settings = parse_command(TrainSettings, argv, "Train PPO on the stored bars (docs/training.md).")
+    if settings is None:
         return int(ExitCode.OK)
-    engine = db_utils.connect(cfg)
-    if cfg.evaluate is not None:
+    engine = db_utils.connect(settings)
+    if settings.evaluate is not None:
         import evaluate_mvp  # brings in matplotlib for the report: only when evaluating
 
-        given = {"run": cfg.evaluate, "start": cfg.start, "end": cfg.end}
-        evaluate_mvp.evaluate_run(engine, settings.resolve(evaluate_mvp.EvaluateSettings, given)[0])
+        given = {"run": settings.evaluate, "start": settings.start, "end": settings.end}
+        evaluate_mvp.evaluate_run(engine, resolve(evaluate_mvp.EvaluateSettings, given)[0])
         return int(ExitCode.OK)
-    if cfg.load_steps is not None:
-        if not cfg.load_steps.is_file():
-            raise UserError(f"step-log file {cfg.load_steps} not found", ExitCode.NOT_FOUND)
+    if settings.load_steps is not None:
+        if not settings.load_steps.is_file():
+            raise UserError(f"step-log file {settings.load_steps} not found", ExitCode.NOT_FOUND)
         try:
-            n_steps, n_episodes = load_fallback(engine, cfg.load_steps)
+            n_steps, n_episodes = load_fallback(engine, settings.load_steps)
         except ValueError as exc:
             raise UserError(str(exc)) from None
-        print(f"stored {n_steps} step rows and {n_episodes} episode rows from {cfg.load_steps} (rows already "
+        print(f"stored {n_steps} step rows and {n_episodes} episode rows from {settings.load_steps} (rows already "
               "stored were left alone)")  # fmt: skip
         return int(ExitCode.OK)
-    if cfg.show_run is not None:
-        run_records.show_run(engine, cfg.show_run, cfg.last)
+    if settings.show_run is not None:
+        run_records.show_run(engine, settings.show_run, settings.last)
         return int(ExitCode.OK)
-    if cfg.episodes < 1 or cfg.n_envs < 1:
+    if settings.episodes < 1 or settings.n_envs < 1:
         raise UserError("--episodes and --n-envs must be >= 1")
-    return train(engine, cfg)
+    return train(engine, settings)
 
 
 if __name__ == "__main__":
-    raise SystemExit(settings.run_cli(main))
+    raise SystemExit(run_cli(main))

@@ -22,7 +22,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from trading_env import build_market, make_env, make_vec_env, synthetic_bars
+from market import build_market, synthetic_bars
+from tensortrade_risk_module import EnvConfig
+from trading_env import make_env
+from trading_vec_env import make_vec_env
 
 STEPS = 20_000
 
@@ -108,11 +111,12 @@ def reset_microseconds(env: gym.Env, repeats: int = 2000) -> float:
 def memory_report() -> str:
     """Peak RSS of a fresh process that builds and steps a 500-asset, 5,000-day environment."""
     code = (
-        "import resource, sys, time; sys.path.insert(0, '.');"
-        "from trading_env import build_market, make_env, synthetic_bars;"
+        "import resource, time;"  # python -c: the working directory (the repository) is on sys.path
+        "from market import build_market, synthetic_bars; from tensortrade_risk_module import EnvConfig;"
+        "from trading_env import make_env;"
         "import numpy as np;"
         "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss;"
-        "bars = synthetic_bars(500, 5000); t = time.perf_counter(); m = build_market(bars);"
+        "bars = synthetic_bars(500, 5000); t = time.perf_counter(); m = build_market(bars, EnvConfig());"
         "built = time.perf_counter() - t; del bars; env = make_env(m); env.reset(seed=0);"
         "[env.step(np.random.uniform(-1, 1, 500).astype(np.float32)) for _ in range(200)];"
         "print(base / 1024, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, built,"
@@ -130,10 +134,11 @@ def memory_report() -> str:
 def first_call_report() -> str:
     """Seconds to the first step of a fresh process, with numba's on-disk cache cold and then warm."""
     code = (
-        "import sys, time; sys.path.insert(0, '.'); t = time.perf_counter();"
-        "import numpy as np; from trading_env import make_env, make_vec_env, synthetic_bars;"
+        "import time; t = time.perf_counter();"  # python -c: the working directory is on sys.path
+        "import numpy as np; from market import synthetic_bars; from trading_env import make_env;"
         "imported = time.perf_counter() - t; bars = synthetic_bars(3, 300); t = time.perf_counter();"
         "env = make_env(bars); env.reset(seed=0); env.step(np.zeros(3, np.float32)); env.step_target(None);"
+        "from trading_vec_env import make_vec_env;"  # SB3 and torch, counted in the first step as before
         "vec = make_vec_env(bars, 2); vec.reset(); vec.step(np.zeros((2, 3), np.float32));"
         "print(imported, time.perf_counter() - t)"
     )
@@ -152,7 +157,7 @@ def main() -> None:
     print(f"gymnasium no-op env: {noop:,.0f} steps/s")
     rows = []
     for n in (1, 10, 30, 100):
-        market = build_market(synthetic_bars(n))
+        market = build_market(synthetic_bars(n), EnvConfig())
         minimal = steps_per_second(MinimalEnv(market.close), n)
         ours = steps_per_second(make_env(market, max_drawdown=1.0), n)
         rows.append((n, ours, minimal))
@@ -161,7 +166,7 @@ def main() -> None:
     by_n = {n: ours for n, ours, _ in rows}
     minimal_10 = next(minimal for n, _, minimal in rows if n == 10)
     print(f"slowdown 100 vs 10 assets: {by_n[10] / by_n[100]:.2f}x (goal < 2x)")
-    env = make_env(build_market(synthetic_bars(10)), random_start=True)
+    env = make_env(build_market(synthetic_bars(10), EnvConfig()), random_start=True)
     print(f"reset: {reset_microseconds(env):.1f} us (10 assets, random start)")
     vec = vec_steps_per_second(10, 64)
     print(

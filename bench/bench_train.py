@@ -1,7 +1,8 @@
 """PPO training throughput with the step log to PostgreSQL on and off, and the environment's share of wall time.
 
-Run: ``.venv/bin/python bench/bench_train.py`` (about two minutes; needs the PostgreSQL server of the tests,
-``TT_TEST_DATABASE_URL`` or postgresql://postgres@127.0.0.1:5432/test; it works in a throw-away schema).
+Run from the repository root: ``.venv/bin/python -m bench.bench_train`` (about two minutes; needs the PostgreSQL
+server of the tests, ``TT_TEST_DATABASE_URL`` or postgresql://postgres@127.0.0.1:5432/test; it works in a
+throw-away schema).
 Data: the bundled sample (15 ETFs, 2005-2025), default training slice (stored range minus the 20% holdout),
 ``--episodes 2`` with the default PPO settings, seed 0, one environment. Each variant runs ``ROUNDS`` times,
 alternating, and the fastest round is reported (the least disturbed by the machine). Goals (issue 6): step
@@ -13,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -21,12 +21,11 @@ from pathlib import Path
 import pandas as pd
 import sqlalchemy as sa
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-import create_tt_tables
+import bar_store
 import db_utils
 import trading_vec_env
 import train_mvp
+import tt_schema
 
 PG_URL = os.environ.get("TT_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
 SAMPLE = Path(__file__).resolve().parent.parent / "data" / "sample_daily_bars.csv.gz"
@@ -81,9 +80,9 @@ def main() -> None:
     url = f"{PG_URL}{'&' if '?' in PG_URL else '?'}options=-csearch_path%3D{schema}"
     try:
         engine = db_utils.make_engine(url)
-        create_tt_tables.ensure_schema(engine)
+        tt_schema.ensure_schema(engine)
         bars = pd.read_csv(SAMPLE, parse_dates=["date"])
-        db_utils.upsert_price_bars(engine, bars)
+        bar_store.upsert_price_bars(engine, bars)
         symbols = ",".join(sorted(bars["symbol"].unique()))
         engine.dispose()
         results: dict[bool, list[dict[str, float]]] = {False: [], True: []}

@@ -3,14 +3,13 @@
 Prints rows/s for a fresh upsert and an unchanged re-upsert beside ``DataFrame.to_sql(method="multi")`` and a bare
 COPY measured in the same run, as ratios (the machine is shared and noisy), plus peak Python memory while storing.
 
-    .venv/bin/python bench/bench_upsert.py [--url postgresql://postgres@127.0.0.1:5432/test]
+    .venv/bin/python -m bench.bench_upsert [--url postgresql://postgres@127.0.0.1:5432/test]
 """
 
 from __future__ import annotations
 
 import argparse
 import io
-import sys
 import time
 import tracemalloc
 import uuid
@@ -20,11 +19,10 @@ from pathlib import Path
 import pandas as pd
 import sqlalchemy as sa
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
+import bar_store
 import bar_validation
-import create_tt_tables
 import db_utils
+import tt_schema
 
 SCALE_CSV = Path(__file__).resolve().parents[2] / "shared" / "data" / "scale_daily_bars.csv.gz"
 
@@ -42,7 +40,7 @@ def fresh_schema(admin: sa.Engine, url: str) -> tuple[str, sa.Engine]:
     with admin.begin() as conn:
         conn.execute(sa.text(f"CREATE SCHEMA {schema}"))
     engine = db_utils.make_engine(f"{url}?options=-csearch_path%3D{schema}")
-    create_tt_tables.ensure_schema(engine)
+    tt_schema.ensure_schema(engine)
     return schema, engine
 
 
@@ -70,12 +68,12 @@ def main() -> None:
         print(f"scale set: {n:,} rows, {bars['symbol'].nunique()} symbols; PostgreSQL {args.url}")
         schema, engine = fresh_schema(admin, args.url)
         schemas.append(schema)
-        fresh = timed("upsert_price_bars, fresh insert", n, lambda: db_utils.upsert_price_bars(engine, bars))
-        again = timed("upsert_price_bars, unchanged re-upsert", n, lambda: db_utils.upsert_price_bars(engine, bars))
+        fresh = timed("upsert_price_bars, fresh insert", n, lambda: bar_store.upsert_price_bars(engine, bars))
+        again = timed("upsert_price_bars, unchanged re-upsert", n, lambda: bar_store.upsert_price_bars(engine, bars))
         schema, engine = fresh_schema(admin, args.url)
         schemas.append(schema)
         tracemalloc.start()
-        db_utils.upsert_price_bars(engine, bars)
+        bar_store.upsert_price_bars(engine, bars)
         peak = tracemalloc.get_traced_memory()[1]
         tracemalloc.stop()
         schema, engine = fresh_schema(admin, args.url)

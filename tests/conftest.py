@@ -15,7 +15,9 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
+import bar_store
 import db_utils
+import tt_schema
 
 PG_URL = os.environ.get("TT_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
 REPO = Path(__file__).resolve().parent.parent
@@ -82,21 +84,17 @@ def db_url(request: pytest.FixtureRequest) -> str:
 @pytest.fixture
 def engine(db_url: str) -> Iterator[sa.Engine]:
     """An engine on a fresh database (both backends) with the schema created."""
-    import create_tt_tables
-
     eng = db_utils.make_engine(db_url)
-    create_tt_tables.ensure_schema(eng)
+    tt_schema.ensure_schema(eng)
     yield eng
     eng.dispose()
 
 
 def engine_with_bars(url: str, bars: pd.DataFrame) -> sa.Engine:
     """An engine on ``url`` with the schema created and ``bars`` stored."""
-    import create_tt_tables
-
     engine = db_utils.make_engine(url)
-    create_tt_tables.ensure_schema(engine)
-    assert db_utils.upsert_price_bars(engine, bars).ok
+    tt_schema.ensure_schema(engine)
+    assert bar_store.upsert_price_bars(engine, bars).ok
     return engine
 
 

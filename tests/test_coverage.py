@@ -10,7 +10,7 @@ import pytest
 import sqlalchemy as sa
 
 import coverage_check
-import create_tt_tables as tables
+import tt_schema as tables
 from settings import UserError
 
 D = dt.date
@@ -87,11 +87,11 @@ def test_missing_dates_are_stored_and_updated_in_place(engine: sa.Engine) -> Non
 
 
 def test_read_stored_dates_returns_each_symbols_dates(engine: sa.Engine) -> None:
-    import db_utils
+    import bar_store
 
     bars = pd.DataFrame({"symbol": ["A", "A", "B"], "date": ["2024-07-01", "2024-07-02", "2024-07-01"]})
     bars[["open", "high", "low", "close", "adj_close", "volume"]] = [1.0, 1.0, 1.0, 1.0, np.nan, 1.0]
-    db_utils.upsert_price_bars(engine, bars, source="test")
+    bar_store.upsert_price_bars(engine, bars, source="test")
     got = coverage_check.read_stored_dates(engine, ["A", "B", "C"])
     assert sorted(got) == ["A", "B"]
     assert sorted(got["A"].astype(str)) == ["2024-07-01", "2024-07-02"]

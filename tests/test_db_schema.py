@@ -1,4 +1,4 @@
-"""Schema creation, idempotency, in-place upgrade, connection checks and run locks."""
+"""Schema creation, idempotency, in-place upgrade, connection checks, run locks and reads."""
 
 from __future__ import annotations
 
@@ -9,11 +9,15 @@ import sys
 import uuid
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-import create_tt_tables
+import bar_store
 import db_utils
+import features
+import tt_schema
+from conftest import SAMPLE_CSV
 from settings import CommonSettings, ExitCode, UserError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -25,12 +29,12 @@ def table_names(engine: sa.Engine) -> set[str]:
 
 def test_schema_is_created_once_and_a_second_run_changes_nothing(db_url: str) -> None:
     engine = db_utils.make_engine(db_url)
-    changes = create_tt_tables.ensure_schema(engine)
-    assert {t.name for t in create_tt_tables.metadata.sorted_tables} <= table_names(engine)
-    assert f"schema version 0 -> {create_tt_tables.SCHEMA_VERSION}" in changes
-    assert create_tt_tables.ensure_schema(engine) == []
+    changes = tt_schema.ensure_schema(engine)
+    assert {t.name for t in tt_schema.metadata.sorted_tables} <= table_names(engine)
+    assert f"schema version 0 -> {tt_schema.SCHEMA_VERSION}" in changes
+    assert tt_schema.ensure_schema(engine) == []
     with engine.connect() as conn:
-        assert conn.execute(sa.select(sa.func.count()).select_from(create_tt_tables.schema_version)).scalar() == 1
+        assert conn.execute(sa.select(sa.func.count()).select_from(tt_schema.schema_version)).scalar() == 1
 
 
 def test_database_from_an_older_version_is_upgraded_in_place_without_data_loss(db_url: str) -> None:
@@ -39,7 +43,7 @@ def test_database_from_an_older_version_is_upgraded_in_place_without_data_loss(d
     sa.Table(
         "tt_prices",
         old,
-        *(sa.Column(c.name, c.type, primary_key=c.primary_key) for c in create_tt_tables.prices.columns),
+        *(sa.Column(c.name, c.type, primary_key=c.primary_key) for c in tt_schema.prices.columns),
     )
     sa.Table(
         "tt_symbols",
@@ -57,7 +61,7 @@ def test_database_from_an_older_version_is_upgraded_in_place_without_data_loss(d
                 "VALUES ('SPY', '2020-03-23', 228.19, 229.68, 218.26, 222.95, 1)"
             )
         )
-    changes = create_tt_tables.ensure_schema(engine)
+    changes = tt_schema.ensure_schema(engine)
     assert "added column tt_symbols.ib_con_id" in changes
     assert "created table tt_runs" in changes
     assert "schema version 0 -> 1" in changes
@@ -65,7 +69,7 @@ def test_database_from_an_older_version_is_upgraded_in_place_without_data_loss(d
         row = conn.execute(sa.text("SELECT symbol, exchange, coverage, ib_con_id FROM tt_symbols")).one()
         assert tuple(row) == ("SPY", "ARCA", 0.99, None)
         assert conn.execute(sa.text("SELECT close FROM tt_prices WHERE symbol = 'SPY'")).scalar() == 222.95
-    assert create_tt_tables.ensure_schema(engine) == []
+    assert tt_schema.ensure_schema(engine) == []
 
 
 def test_create_tt_tables_runs_on_its_own(tmp_path: Path) -> None:
@@ -139,8 +143,6 @@ def test_second_run_cannot_take_the_lock(engine: sa.Engine) -> None:
 
 
 def test_read_price_bars_filters_and_orders(engine: sa.Engine) -> None:
-    import pandas as pd
-
     bars = pd.DataFrame(
         {
             "symbol": ["SPY", "SPY", "NA"],  # NA is a real ticker, not a missing value
@@ -153,7 +155,7 @@ def test_read_price_bars_filters_and_orders(engine: sa.Engine) -> None:
             "volume": [10, 20, 30],
         }
     )
-    assert db_utils.upsert_price_bars(engine, bars).inserted == 3
+    assert bar_store.upsert_price_bars(engine, bars).inserted == 3
     read = db_utils.read_price_bars(engine, ["SPY"], start=dt.date(2020, 1, 3))
     assert read["date"].dt.date.tolist() == [dt.date(2020, 1, 3)]
     every = db_utils.read_price_bars(engine)
@@ -162,6 +164,32 @@ def test_read_price_bars_filters_and_orders(engine: sa.Engine) -> None:
     assert every.loc[1, "close"] == 1.1
     ranges = db_utils.stored_date_ranges(engine)
     assert ranges.loc["SPY", "first_date"] == dt.date(2020, 1, 2) and ranges.loc["SPY", "bars"] == 2
+
+
+@pytest.fixture(scope="module")
+def sample() -> pd.DataFrame:
+    bars = pd.read_csv(SAMPLE_CSV, parse_dates=["date"])
+    return bars[bars["symbol"].isin(["SPY", "TLT", "GLD"]) & (bars["date"] < "2008-01-01")].reset_index(drop=True)
+
+
+def test_load_training_bars_leaves_flagged_symbols_out_by_default(engine: sa.Engine, sample: pd.DataFrame) -> None:
+    bar_store.upsert_price_bars(engine, sample, source="test")
+    with engine.begin() as conn:
+        db_utils.upsert_rows(conn, tt_schema.symbols, [
+            {"symbol": "TLT", "coverage": 0.5, "below_min_coverage": True},
+            {"symbol": "SPY", "coverage": 1.0, "below_min_coverage": False},
+        ], ["symbol"])  # fmt: skip
+    data = db_utils.load_training_bars(engine)
+    assert data.symbols == ("GLD", "SPY") and data.flagged == {"TLT": 0.5} and data.missing == ()
+    assert set(data.bars["symbol"]) == {"GLD", "SPY"}
+    picked = db_utils.load_training_bars(engine, ["SPY", "TLT", "XYZ"], pd.Timestamp("2006-01-03").date())
+    assert picked.symbols == ("SPY",) and picked.missing == ("XYZ",) and picked.flagged == {"TLT": 0.5}
+    assert picked.bars["date"].min() == pd.Timestamp("2006-01-03")
+    everything = db_utils.load_training_bars(engine, ["SPY", "TLT"], include_flagged=True)
+    assert everything.symbols == ("SPY", "TLT")
+    assert len(features.compute_basic_features(everything.bars)) == len(everything.bars)
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM tt_prices WHERE symbol = 'TLT'")).scalar() > 0
 
 
 @pytest.mark.postgres

@@ -9,8 +9,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from market import Market, build_market, synthetic_bars
 from tensortrade_risk_module import EnvConfig, mark_to_market, rebalance
-from trading_env import Market, build_market, make_env, synthetic_bars
+from trading_env import make_env
 
 SMALL = {"window_size": 5, "vol_windows": (5, 10), "vol_window": 5, "warmup": 10, "cov_window": 10}
 

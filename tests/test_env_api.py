@@ -1,10 +1,12 @@
-"""Interface of the trading environment: checkers, seeding, the batched VecEnv, data preparation, settings."""
+"""Interface of the trading environment: checkers, seeding, the batched VecEnv, settings, the math functions."""
 
 from __future__ import annotations
 
 import argparse
 import functools
 import math
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -15,11 +17,15 @@ import pytest
 from gymnasium.utils.env_checker import check_env as gym_check_env
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
+import env_kernels
 import settings
 import tensortrade_risk_module as risk
-from trading_env import ENV_ID, build_market, make_env, make_vec_env, synthetic_bars
+from market import synthetic_bars
+from trading_env import ENV_ID, make_env
+from trading_vec_env import make_vec_env
 
-SAMPLE = Path(__file__).resolve().parent.parent / "data" / "sample_daily_bars.csv.gz"
+REPO = Path(__file__).resolve().parent.parent
+SAMPLE = REPO / "data" / "sample_daily_bars.csv.gz"
 SMALL = {"window_size": 5, "vol_windows": (5, 10), "vol_window": 5, "warmup": 10, "cov_window": 10}
 
 
@@ -38,6 +44,16 @@ def test_checkers_pass_without_warnings(source: str) -> None:
         sb3_check_env(make_env(bars, max_drawdown=1.0), warn=True)
         obs, _ = env.reset(seed=0)
         assert obs.dtype == np.float32 and np.isfinite(obs).all()
+
+
+def test_the_gymnasium_env_imports_neither_the_learner_nor_the_database() -> None:
+    """The TensorTrade lane's interpreter has no SB3, torch or SQLAlchemy, and needs market.py and trading_env.py."""
+    code = (
+        "import sys, trading_env; heavy = ('stable_baselines3', 'torch', 'sqlalchemy', 'trading_vec_env');"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & set(heavy)))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
 
 
 def test_gymnasium_registration() -> None:
@@ -144,38 +160,6 @@ def test_vec_env_trains_with_sb3_ppo() -> None:
     assert set(vec.venv.last_step) >= {"action", "target_weights", "weights", "reward", "net_worth", "t"}
 
 
-def test_build_market_aligns_and_adjusts() -> None:
-    bars = synthetic_bars(2, 200)
-    bars.loc[bars["symbol"] == "S001", "adj_close"] *= 0.5
-    dropped = bars.index[(bars["symbol"] == "S000")][100]
-    gone_date = bars.loc[dropped, "date"]
-    market = build_market(bars.drop(index=dropped))
-    assert market.dropped_dates == 1 and len(market.dates) == 199
-    assert str(gone_date) not in market.date_strings
-    s1 = bars[bars["symbol"] == "S001"].set_index("date")
-    first = s1.iloc[0]
-    assert market.open[0, 1] == pytest.approx(first["open"] * 0.5)
-    assert market.close[0, 1] == pytest.approx(first["adj_close"])
-    day_after_gap = market.date_strings.index(str(s1.index[101]))
-    assert market.log_ret[day_after_gap, 1] == pytest.approx(
-        np.log(s1["adj_close"].iloc[101] / s1["adj_close"].iloc[99])
-    )
-
-
-@pytest.mark.parametrize(
-    ("change", "message"),
-    [
-        (lambda b: b.drop(columns="open"), "missing column"),
-        (lambda b: pd.concat([b, b.iloc[[3]]]), "duplicate bar for S000"),
-        (lambda b: b.assign(close=b["close"].where(b.index != 7, -1.0)), "close of S000"),
-        (lambda b: b.head(30), "need at least"),
-    ],
-)
-def test_build_market_rejects_bad_bars(change, message: str) -> None:
-    with pytest.raises(settings.UserError, match=message):
-        build_market(change(synthetic_bars(1, 100)))
-
-
 def test_settings_errors_name_the_setting() -> None:
     bars = synthetic_bars(1, 100)
     with pytest.raises(settings.UserError, match="--target-vol"):
@@ -221,7 +205,7 @@ def test_differential_sharpe_is_the_first_order_sharpe_increment() -> None:
     a, b = np.array([rets[:20].mean()]), np.array([(rets[:20] ** 2).mean()])
     sharpe_before = a / np.sqrt(b - a * a)
     for eta in (1e-4, 1e-5):
-        d, a_new, b_new = risk.differential_sharpe(np.array([rets[20]]), a, b, eta)
+        d, a_new, b_new = env_kernels.differential_sharpe(np.array([rets[20]]), a, b, eta)
         sharpe_after = a_new / np.sqrt(b_new - a_new * a_new)
         assert (sharpe_after - sharpe_before)[0] / eta == pytest.approx(d[0], rel=10 * eta / 1e-4 * 1e-2)
 

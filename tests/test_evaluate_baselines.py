@@ -10,9 +10,11 @@ import pandas as pd
 import pytest
 
 import evaluate_mvp as ev
+from market import Market, build_market, synthetic_bars
+from metrics import policy_metrics
 from settings import ExitCode, UserError
 from tensortrade_risk_module import EnvConfig
-from trading_env import Market, build_market, make_env, synthetic_bars
+from trading_env import make_env
 
 SMALL = {"window_size": 5, "vol_windows": (5, 10), "vol_window": 5, "warmup": 10, "cov_window": 10}
 N_ASSETS = 3
@@ -101,7 +103,7 @@ def test_after_a_drawdown_stop_the_policy_sells_out_and_stays_in_cash() -> None:
     assert (after["net_worth"] == after["net_worth"].iloc[0]).all()
     assert (weights.iloc[first:].to_numpy() == 0.0).all()
     assert len(trace) == len(market().dates) - EnvConfig(**SMALL).first_decision  # ran to the end of the data
-    assert ev.policy_metrics(trace)["days_stopped"] == len(after)
+    assert policy_metrics(trace)["days_stopped"] == len(after)
 
 
 def test_evaluate_policies_gives_one_metrics_row_per_policy() -> None:

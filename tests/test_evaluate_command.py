@@ -12,12 +12,13 @@ import pytest
 import sqlalchemy as sa
 from stable_baselines3 import PPO
 
-import create_tt_tables as tables
-import db_utils
+import bar_store
 import evaluate_mvp as ev
+import tt_schema as tables
+from market import synthetic_bars
 from settings import ExitCode, run_cli
 from tensortrade_risk_module import EnvConfig
-from trading_env import make_vec_env, synthetic_bars
+from trading_vec_env import make_vec_env
 
 SMALL = {"window_size": 5, "vol_windows": (5, 10), "vol_window": 5, "warmup": 10, "cov_window": 10}
 ENV = {**SMALL, "episode_length": 40, "random_start": True}  # training shape; evaluation must undo it
@@ -29,7 +30,7 @@ POLICIES = {"agent", "cash", "buy_and_hold", "monthly_rebalanced", "inverse_vol"
 def tiny_run(engine: sa.Engine, tmp_path: Path) -> dict:
     """Bars stored, a PPO model trained for a few steps on the slice up to TRAIN_END, its tt_runs row."""
     bars = synthetic_bars(3, 200, seed=3)  # business days 2000-01-03 .. 2000-10-06
-    db_utils.upsert_price_bars(engine, bars, source="test")
+    bar_store.upsert_price_bars(engine, bars, source="test")
     train = bars[bars["date"] <= TRAIN_END]
     model = PPO("MlpPolicy", make_vec_env(train, 2, seed=0, **ENV), n_steps=32, batch_size=32, n_epochs=1, seed=0)
     model.learn(64)

@@ -1,14 +1,11 @@
-"""Features: no look-ahead, values equal a direct pandas computation, warm-up NaN; load_training_bars."""
+"""Features: no look-ahead, values equal a direct pandas computation, warm-up NaN."""
 
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 import pytest
-import sqlalchemy as sa
 
-import create_tt_tables as tables
-import db_utils
 import features
 from conftest import SAMPLE_CSV
 
@@ -65,23 +62,3 @@ def test_bad_window_and_large_moves(sample: pd.DataFrame) -> None:
     moves = features.large_moves(features.compute_basic_features(bars))
     assert moves["date"].tolist() == [bars.loc[101, "date"], bars.loc[100, "date"]]
     assert moves["ret"].round(2).tolist() == [1.0, -0.5]
-
-
-def test_load_training_bars_leaves_flagged_symbols_out_by_default(engine: sa.Engine, sample: pd.DataFrame) -> None:
-    db_utils.upsert_price_bars(engine, sample, source="test")
-    with engine.begin() as conn:
-        db_utils.upsert_rows(conn, tables.symbols, [
-            {"symbol": "TLT", "coverage": 0.5, "below_min_coverage": True},
-            {"symbol": "SPY", "coverage": 1.0, "below_min_coverage": False},
-        ], ["symbol"])  # fmt: skip
-    data = features.load_training_bars(engine)
-    assert data.symbols == ("GLD", "SPY") and data.flagged == {"TLT": 0.5} and data.missing == ()
-    assert set(data.bars["symbol"]) == {"GLD", "SPY"}
-    picked = features.load_training_bars(engine, ["SPY", "TLT", "XYZ"], pd.Timestamp("2006-01-03").date())
-    assert picked.symbols == ("SPY",) and picked.missing == ("XYZ",) and picked.flagged == {"TLT": 0.5}
-    assert picked.bars["date"].min() == pd.Timestamp("2006-01-03")
-    everything = features.load_training_bars(engine, ["SPY", "TLT"], include_flagged=True)
-    assert everything.symbols == ("SPY", "TLT")
-    assert len(features.compute_basic_features(everything.bars)) == len(everything.bars)
-    with engine.connect() as conn:
-        assert conn.execute(sa.text("SELECT count(*) FROM tt_prices WHERE symbol = 'TLT'")).scalar() > 0

@@ -11,9 +11,9 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-import create_tt_tables as tables
 import db_utils
 import mvp_pipeline
+import tt_schema as tables
 from ib_gateway_sim import SimProcess
 from ib_sim_helpers import SCALE, SimThread, read_csv, set_today, start_sim
 from settings import ExitCode, run_cli

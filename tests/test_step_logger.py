@@ -15,9 +15,9 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-import create_tt_tables as tables
 import db_utils
 import step_logger
+import tt_schema as tables
 from pg_proxy import CuttableProxy
 from step_logger import STEP_SCALARS, StepLogger, load_fallback, write_steps
 

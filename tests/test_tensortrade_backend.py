@@ -112,13 +112,14 @@ def test_env_is_built_from_tensortrade_components(tb: ModuleType, bars: pd.DataF
 
 def test_fills_at_the_decision_close(tb: ModuleType, bars: pd.DataFrame) -> None:
     """The first trade fills at the close of the first decision date (rounded to cents by TensorTrade)."""
-    from trading_env import build_market
+    from market import build_market
+    from tensortrade_risk_module import EnvConfig
 
     env = tb.make_tensortrade_env(bars, execution="close")
     env.reset()
     env.step(np.array([1.0, 0.0, 0.0, 0.0], np.float32))
     trades = [t for order_trades in env.action_scheme.broker.trades.values() for t in order_trades]
-    market = build_market(bars)
+    market = build_market(bars, EnvConfig(execution="close"))
     close = market.close[env.action_scheme.first, 0]
     assert len(trades) == 1
     assert float(trades[0].price) == pytest.approx(close, abs=0.005)

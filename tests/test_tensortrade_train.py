@@ -20,9 +20,9 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-import create_tt_tables as tables
 import db_utils
 import tensortrade_remote
+import tt_schema as tables
 from conftest import engine_with_bars, read_table, run_train
 from settings import REPO_ROOT, ExitCode, UserError
 from trading_env import make_env
@@ -139,8 +139,8 @@ def test_refused_setting_is_a_clear_training_error(
 def test_workers_die_with_their_parent(tt_python: Path) -> None:
     """SIGKILL the parent: its workers see their input end and exit."""
     script = (
-        "import sys, time; sys.path.insert(0, '.'); import tensortrade_remote as r, trading_env as e;"
-        "v = r.make_vec_env(e.synthetic_bars(2, 200), 1, execution='close');"
+        "import time; import market, tensortrade_remote as r;"  # python -c: the working directory is on sys.path
+        "v = r.make_vec_env(market.synthetic_bars(2, 200), 1, execution='close');"
         "print(v.workers[0].process.pid, flush=True); time.sleep(60)"
     )
     parent = subprocess.Popen([sys.executable, "-c", script], cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True)

@@ -9,10 +9,11 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-import create_tt_tables as tables
+import bar_store
 import db_utils
-import run_records
 import train_mvp
+import tt_schema as tables
+from checkpoints import FINAL
 from conftest import engine_with_bars, read_table, run_train
 from pg_proxy import CuttableProxy
 from settings import ExitCode, UserError
@@ -107,7 +108,7 @@ def test_ctrl_c_checkpoints_flushes_and_resumes(
 
     def interrupt_after_first(self: train_mvp.EpisodeCallback, name: str) -> Path:
         path = checkpoint(self, name)
-        if name != run_records.FINAL:
+        if name != FINAL:
             raise KeyboardInterrupt
         return path
 
@@ -181,14 +182,14 @@ def test_outage_mid_run_rows_land_in_fallback_file(
 ) -> None:
     direct = db_utils.make_engine(pg_url)
     tables.ensure_schema(direct)
-    assert db_utils.upsert_price_bars(direct, sample_bars).ok
+    assert bar_store.upsert_price_bars(direct, sample_bars).ok
     url = sa.make_url(db_utils.normalize_url(pg_url))
     proxy = CuttableProxy((url.host, url.port or 5432))
     through = url.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
     checkpoint = train_mvp.EpisodeCallback.checkpoint
 
     def cut_after_first(self: train_mvp.EpisodeCallback, name: str) -> Path:
-        if self.state["episodes_done"] == 1:
+        if self.state.episodes_done == 1:
             proxy.cut()  # the database becomes unreachable after episode 1; training must go on
         return checkpoint(self, name)
 

@@ -1,4 +1,4 @@
-"""upsert_price_bars: validation, idempotency on real data, updates, and failures mid-batch."""
+"""bar_store.upsert_price_bars: validation, idempotency on real data, updates, and failures mid-batch."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
+import bar_store
 import db_utils
 from conftest import SAMPLE_CSV
 
@@ -64,7 +65,7 @@ def test_every_validation_rule_rejects_a_real_offending_row_and_stores_the_rest(
     engine: sa.Engine, sample: pd.DataFrame
 ) -> None:
     rows, expected = offending(sample)
-    result = db_utils.upsert_price_bars(engine, rows, source="test")
+    result = bar_store.upsert_price_bars(engine, rows, source="test")
     reasons = dict(zip(result.rejected_rows["date"].astype(str), result.rejected_rows["reason"], strict=False))
     for date, reason in expected.items():
         assert reasons[date] == reason, date
@@ -80,13 +81,13 @@ def test_every_validation_rule_rejects_a_real_offending_row_and_stores_the_rest(
 
 def test_changed_bar_is_updated_and_unchanged_rows_are_not_rewritten(engine: sa.Engine, sample: pd.DataFrame) -> None:
     rows = spy_rows(sample, 50)
-    assert db_utils.upsert_price_bars(engine, rows, source="csv").inserted == 50
+    assert bar_store.upsert_price_bars(engine, rows, source="csv").inserted == 50
     with engine.connect() as conn:
         stamps = dict(conn.execute(sa.text("SELECT date, ingested_at FROM tt_prices")).all())
     changed = rows.copy()
     changed.loc[10, "close"] = round(changed.loc[10, "close"] * 1.001, 4)
     changed.loc[20, "adj_close"] = np.nan
-    result = db_utils.upsert_price_bars(engine, changed, source="csv")
+    result = bar_store.upsert_price_bars(engine, changed, source="csv")
     assert (result.inserted, result.updated, result.unchanged) == (0, 2, 48)
     stored = db_utils.read_price_bars(engine, ["SPY"])
     assert stored.loc[10, "close"] == changed.loc[10, "close"]
@@ -98,14 +99,14 @@ def test_changed_bar_is_updated_and_unchanged_rows_are_not_rewritten(engine: sa.
 
 
 def test_sample_round_trips_exactly(engine: sa.Engine, sample: pd.DataFrame) -> None:
-    result = db_utils.upsert_price_bars(engine, sample, source="sample")
+    result = bar_store.upsert_price_bars(engine, sample, source="sample")
     assert (result.inserted, result.rejected) == (78_255, 0)
     stored = db_utils.read_price_bars(engine)
     expected = sample.sort_values(["symbol", "date"], ignore_index=True)
     for col in ("open", "high", "low", "close", "adj_close", "volume"):
         np.testing.assert_array_equal(stored[col].to_numpy(), expected[col].to_numpy(dtype="float64"), err_msg=col)
     assert (stored["date"].dt.strftime("%Y-%m-%d") == expected["date"]).all()
-    again = db_utils.upsert_price_bars(engine, sample, source="sample")
+    again = bar_store.upsert_price_bars(engine, sample, source="sample")
     assert (again.inserted, again.updated, again.unchanged) == (0, 0, 78_255)
 
 
@@ -115,12 +116,12 @@ def test_scale_set_twice_on_postgres_is_idempotent(pg_url: str, scale_csv: Path)
     engine = db_utils.connect(db_utils_settings(pg_url))
     bars = pd.read_csv(scale_csv)
     assert len(bars) == 619_029
-    first = db_utils.upsert_price_bars(engine, bars, source="csv")
+    first = bar_store.upsert_price_bars(engine, bars, source="csv")
     # 12 real bars have open/close outside [low, high] (e.g. LNT 2016-05-19 close 17.87): rejected with reasons.
     assert (first.inserted, first.rejected) == (619_017, 12)
     assert first.inserted + first.rejected == len(bars)
     snapshot = db_utils.read_price_bars(engine)
-    second = db_utils.upsert_price_bars(engine, bars, source="csv")
+    second = bar_store.upsert_price_bars(engine, bars, source="csv")
     assert (second.inserted, second.updated, second.unchanged, second.rejected) == (0, 0, 619_017, 12)
     assert count_rows(engine) == 619_017
     pd.testing.assert_frame_equal(db_utils.read_price_bars(engine), snapshot)
@@ -162,7 +163,7 @@ def test_failed_batch_leaves_table_as_before_it_and_names_symbols_not_stored(
     tlt = sample[sample["symbol"] == "TLT"].head(30)
     add_failing_trigger(engine)
     # Batches of 40 rows: [SPY 30 + AGG 10] [AGG 20 + BOOM 5 + TLT 15] [TLT 15].
-    result = db_utils.upsert_price_bars(engine, pd.concat([spy, agg, boom, tlt]), batch_rows=40)
+    result = bar_store.upsert_price_bars(engine, pd.concat([spy, agg, boom, tlt]), batch_rows=40)
     assert not result.ok and "batch 2" in result.error and "disk full (simulated)" in result.error
     assert result.not_stored_symbols == ["AGG", "BOOM", "TLT"]
     stored = db_utils.read_price_bars(engine)
@@ -210,12 +211,12 @@ def test_connection_killed_mid_batch_leaves_no_partial_batch(pg_url: str, sample
 
     killer = threading.Thread(target=kill_when_inserting)
     killer.start()
-    result = db_utils.upsert_price_bars(engine, pd.concat([first, slow]), batch_rows=100)
+    result = bar_store.upsert_price_bars(engine, pd.concat([first, slow]), batch_rows=100)
     killer.join()
     assert killed, "the batch was never seen in flight"
     assert not result.ok and result.not_stored_symbols == ["SLOW"]
     stored = db_utils.read_price_bars(engine)
     assert stored.groupby("symbol").size().to_dict() == {"SPY": 100}
-    retry = db_utils.upsert_price_bars(engine, pd.concat([first, slow]), batch_rows=100)  # the pool reconnects
+    retry = bar_store.upsert_price_bars(engine, pd.concat([first, slow]), batch_rows=100)  # the pool reconnects
     assert (retry.ok, retry.inserted, retry.unchanged) == (True, 100, 100)
     admin.dispose()

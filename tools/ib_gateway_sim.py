@@ -7,9 +7,9 @@ a gateway restart after N requests, a duplicate client id (326) and more than ``
 The wire format follows docs/ib_gateway_protocol.md (shared brief); every request runs in its own task so a
 cancel overtakes a slow reply.
 
-By hand::
+By hand, from the repository root (``-m`` puts the root on the import path, for ``watchlist_loader``)::
 
-    python tools/ib_gateway_sim.py --csv data/sample_daily_bars.csv.gz --port 4002
+    python -m tools.ib_gateway_sim --csv data/sample_daily_bars.csv.gz --port 4002
 """
 
 from __future__ import annotations
@@ -37,12 +37,12 @@ from zoneinfo import ZoneInfo
 
 import pandas as pd
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
 from watchlist_loader import canonical_symbol, to_source_symbol
 
 SERVER_VERSION = 178
 EXCHANGE_TZ = ZoneInfo("America/New_York")
-DEFAULT_CSV = Path(__file__).resolve().parent.parent / "data" / "sample_daily_bars.csv.gz"
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_CSV = REPO / "data" / "sample_daily_bars.csv.gz"
 HMDS = "Historical Market Data Service error message:"
 PACING_TEXT = HMDS + "Historical data request pacing violation"
 LIMIT_TEXT = "Error processing request:-'wd' : cause - Only 50 simultaneous API historical data requests allowed."
@@ -459,10 +459,10 @@ class SimProcess:
     """
 
     def __init__(self, csv: Path = DEFAULT_CSV, **options: object) -> None:
-        args = [sys.executable, str(Path(__file__).resolve()), "--csv", str(csv), "--port", "0"]
+        args = [sys.executable, "-m", "tools.ib_gateway_sim", "--csv", str(Path(csv).resolve()), "--port", "0"]
         for name, value in options.items():
             args += [f"--{name.replace('_', '-')}", str(value)]
-        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        self.proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         assert self.proc.stdout is not None
         banner = self.proc.stdout.readline()  # "IB Gateway simulator on HOST:PORT, N symbols"
         match = re.search(r":(\d+),", banner)

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import evaluate_mvp as ev
+import metrics
 
 SAMPLE_CSV = Path(__file__).resolve().parent.parent / "data" / "sample_daily_bars.csv.gz"
 TOLERANCE = 1e-9
@@ -57,7 +57,7 @@ def _same(ours: float, reference: float) -> bool:
 
 @pytest.mark.parametrize("name, reference", PAIRS, ids=[p[0] for p in PAIRS])
 def test_metric_matches_empyrical(closes: pd.DataFrame, name: str, reference) -> None:
-    ours_fn = getattr(ev, name)
+    ours_fn = getattr(metrics, name)
     for label, returns in _series(closes).items():
         ours, theirs = ours_fn(returns), float(reference(returns))
         assert _same(ours, theirs), f"{name} on {label}: ours {ours!r}, empyrical {theirs!r}"
@@ -66,18 +66,19 @@ def test_metric_matches_empyrical(closes: pd.DataFrame, name: str, reference) ->
 def test_series_exercise_the_edge_cases(closes: pd.DataFrame) -> None:
     """The fixtures must reach the special branches, or the comparison above proves less than it claims."""
     series = _series(closes)
-    assert ev.max_drawdown(series["TLT 2020-2022 (deep drawdown)"]) < -0.3
-    assert math.isinf(ev.sortino(series["no losing day"]))
-    assert math.isnan(ev.sharpe(series["cash"])) and math.isnan(ev.calmar(series["cash"]))
-    assert ev.max_drawdown(series["cash"]) == 0.0
+    assert metrics.max_drawdown(series["TLT 2020-2022 (deep drawdown)"]) < -0.3
+    assert math.isinf(metrics.sortino(series["no losing day"]))
+    assert math.isnan(metrics.sharpe(series["cash"])) and math.isnan(metrics.calmar(series["cash"]))
+    assert metrics.max_drawdown(series["cash"]) == 0.0
 
 
 def test_empty_and_single_day_series_are_undefined() -> None:
     one = np.array([0.01])
-    assert math.isnan(ev.total_return(np.array([])))
-    assert math.isnan(ev.cagr(np.array([])))
-    assert math.isnan(ev.annual_volatility(one)) and math.isnan(ev.sharpe(one)) and math.isnan(ev.sortino(one))
-    assert ev.total_return(one) == pytest.approx(0.01)
+    assert math.isnan(metrics.total_return(np.array([])))
+    assert math.isnan(metrics.cagr(np.array([])))
+    assert math.isnan(metrics.annual_volatility(one))
+    assert math.isnan(metrics.sharpe(one)) and math.isnan(metrics.sortino(one))
+    assert metrics.total_return(one) == pytest.approx(0.01)
 
 
 def test_policy_metrics_from_a_trace() -> None:
@@ -92,7 +93,7 @@ def test_policy_metrics_from_a_trace() -> None:
             "stopped": [False, False, False, True, True],
         }
     )
-    m = ev.policy_metrics(trace)
+    m = metrics.policy_metrics(trace)
     assert m["turnover"] == pytest.approx(2.5 * 252 / 4)
     assert m["fees_paid"] == pytest.approx(4.5)
     assert m["avg_gross_exposure"] == pytest.approx(1.8 / 4)

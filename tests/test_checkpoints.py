@@ -1,0 +1,73 @@
+"""Checkpoint state files: written and read back, older files still load, a broken one is a usage error."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from checkpoints import FINAL, TrainingState, read_checkpoint, save_checkpoint
+from settings import ExitCode, UserError
+
+# final.json as train_mvp.py wrote it before the state became a dataclass (keys in that order)
+OLD_STATE = """{
+ "run_id": "20250101-120000-ab12cd",
+ "folder": "/data/checkpoints/20250101-120000-ab12cd",
+ "next_episode": 4,
+ "episodes_done": 3,
+ "total_steps": 240,
+ "settings": {"episodes": 3, "symbols": ["SPY", "TLT"], "start": "2010-01-01", "database_url": "***"},
+ "model": "final.zip",
+ "saved_at": "2025-01-01T12:05:00+00:00"
+}"""
+
+
+class FakeModel:
+    """Stands in for a Stable-Baselines3 model: ``save`` writes a file."""
+
+    def save(self, path: Path) -> None:
+        path.write_bytes(b"zip")
+
+
+def test_a_state_file_written_before_the_dataclass_still_loads() -> None:
+    state = TrainingState.from_json(OLD_STATE)
+    assert state == TrainingState(
+        run_id="20250101-120000-ab12cd",
+        folder=Path("/data/checkpoints/20250101-120000-ab12cd"),
+        next_episode=4,
+        episodes_done=3,
+        total_steps=240,
+        settings={"episodes": 3, "symbols": ["SPY", "TLT"], "start": "2010-01-01", "database_url": "***"},
+    )
+
+
+def test_saved_state_has_the_old_keys_and_reads_back(tmp_path: Path) -> None:
+    state = TrainingState("run-1", tmp_path / "run-1", 3, 2, 160, {"seed": 7, "watchlist": tmp_path / "w.csv"})
+    zip_path = save_checkpoint(FakeModel(), state, FINAL, keep=3)
+    text = (tmp_path / "run-1" / "final.json").read_text()
+    assert list(json.loads(text)) == list(json.loads(OLD_STATE))
+    read, model = read_checkpoint(tmp_path / "run-1")  # a folder means its final checkpoint
+    assert model == zip_path and read.folder == state.folder and read.next_episode == 3
+    assert read.settings == {"seed": 7, "watchlist": str(tmp_path / "w.csv")}
+
+
+def test_only_the_latest_episode_checkpoints_are_kept(tmp_path: Path) -> None:
+    state = TrainingState("run-1", tmp_path)
+    for episode in range(1, 6):
+        save_checkpoint(FakeModel(), state, f"episode_{episode:05d}", keep=2)
+    save_checkpoint(FakeModel(), state, FINAL, keep=2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "episode_00004.json", "episode_00004.zip", "episode_00005.json", "episode_00005.zip", "final.json",
+        "final.zip",
+    ]  # fmt: skip
+    assert read_checkpoint(tmp_path / "episode_00005.zip")[0] == state
+
+
+@pytest.mark.parametrize("text", ['{"run_id": "x"', '{"run_id": "x", "folder": "f"}', "[1, 2]"])
+def test_a_broken_state_file_is_a_usage_error(tmp_path: Path, text: str) -> None:
+    (tmp_path / "final.json").write_text(text)
+    (tmp_path / "final.zip").write_bytes(b"zip")
+    with pytest.raises(UserError) as err:
+        read_checkpoint(tmp_path / "final.json")
+    assert err.value.exit_code == ExitCode.USAGE and "final.json" in str(err.value)
