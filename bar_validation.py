@@ -13,6 +13,7 @@ from settings import UserError
 
 PRICE_COLUMNS = ("open", "high", "low", "close")
 VALUE_COLUMNS = ("open", "high", "low", "close", "adj_close", "volume")
+SOURCE_COLUMNS = ("file", "line")  # where a row was read, when the source says (kept with rejected rows)
 OHLC_TOLERANCE = 1e-4  # relative slack for open/close vs [low, high]: absorbs rounding, not bad prints
 
 
@@ -26,10 +27,12 @@ def normalized_dates(values: pd.Series) -> pd.Series:
 def validate_bars(bars: pd.DataFrame) -> tuple[np.ndarray, pd.DataFrame]:
     """Check bars before writing.
 
-    :return: (boolean mask of valid rows, rejected rows as ``symbol, date, reason``). Rules, first match wins:
-        missing symbol or date; missing or non-positive open/high/low/close (or adj_close when given);
-        high < low; open or close outside [low, high] by more than :data:`OHLC_TOLERANCE`; missing or negative
-        volume; duplicate (symbol, date): identical copies keep the first, conflicting copies are all rejected.
+    :return: (boolean mask of valid rows, rejected rows as ``symbol, date, reason``, then the row's values as
+        given and its ``file`` and ``line`` when ``bars`` has them). Rules, first match wins: missing symbol or
+        date; missing open/high/low/close; an infinite value (inf, 1e309) in any price, adj_close or volume;
+        non-positive open/high/low/close (or adj_close when given); high < low; open or close outside
+        [low, high] by more than :data:`OHLC_TOLERANCE`; missing or negative volume; duplicate (symbol, date):
+        identical copies keep the first, conflicting copies are all rejected.
     """
     missing = [c for c in ("symbol", "date", *PRICE_COLUMNS, "volume") if c not in bars.columns]
     if missing:
@@ -41,11 +44,13 @@ def validate_bars(bars: pd.DataFrame) -> tuple[np.ndarray, pd.DataFrame]:
     adj = pd.to_numeric(bars["adj_close"], errors="coerce").to_numpy("float64") if "adj_close" in bars else None
     volume = pd.to_numeric(bars["volume"], errors="coerce").to_numpy("float64")
     slack = OHLC_TOLERANCE * np.abs(h)
+    values = np.column_stack([prices.to_numpy("float64"), volume, np.zeros(len(bars)) if adj is None else adj])
     with np.errstate(invalid="ignore"):
         conditions = [
             (symbol.isna() | (symbol.astype("string").str.strip() == "")).to_numpy(bool),
             dates.isna().to_numpy(bool),
             np.isnan(prices.to_numpy("float64")).any(axis=1),
+            np.isinf(values).any(axis=1),
             (prices.to_numpy("float64") <= 0).any(axis=1) | (adj is not None and (adj <= 0)),
             h < lo,
             (o > h + slack) | (o < lo - slack) | (c > h + slack) | (c < lo - slack),
@@ -56,6 +61,7 @@ def validate_bars(bars: pd.DataFrame) -> tuple[np.ndarray, pd.DataFrame]:
         "missing symbol",
         "missing or unparseable date",
         "missing price",
+        "non-finite value",
         "non-positive price",
         "high < low",
         "open/close outside [low, high]",
@@ -80,4 +86,6 @@ def validate_bars(bars: pd.DataFrame) -> tuple[np.ndarray, pd.DataFrame]:
     rejected = pd.DataFrame(
         {"symbol": symbol[bad].to_numpy(), "date": bars["date"][bad].to_numpy(), "reason": reason[bad]}
     )
+    for col in [c for c in (*VALUE_COLUMNS, *SOURCE_COLUMNS) if c in bars.columns]:
+        rejected[col] = bars[col][bad].to_numpy()
     return ~bad, rejected

@@ -2,11 +2,13 @@
 
 A checkpoint is ``<name>.zip`` (the Stable-Baselines3 model) and ``<name>.json`` (:class:`TrainingState`, plus
 the model file name and when it was saved) in the run's folder; ``final`` is written when training ends,
-``episode_NNNNN`` after each episode. No Stable-Baselines3 import: the model only needs a ``save(path)`` method.
+``episode_NNNNN`` after each episode. Saving needs only the model's ``save(path)``; Stable-Baselines3 is imported
+only by :func:`load_model`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import json
@@ -57,13 +59,26 @@ class TrainingState:
 
 
 def save_checkpoint(model: Saveable, state: TrainingState, name: str, keep: int) -> Path:
-    """Write ``name.zip`` and ``name.json`` in the run's folder; keep only the ``keep`` latest per-episode ones."""
+    """Write ``name.zip`` and ``name.json`` in the run's folder; keep only the ``keep`` latest per-episode ones.
+
+    Both files are written under temporary names and renamed, so a full disk never leaves a truncated one.
+
+    :raise UserError: (FILESYSTEM) the folder cannot be created or written (full disk, not a folder), naming it.
+    """
     folder = state.folder
-    folder.mkdir(parents=True, exist_ok=True)
-    model.save(folder / f"{name}.zip")
-    tmp = folder / f"{name}.json.tmp"
-    tmp.write_text(state.to_json(f"{name}.zip"))
-    tmp.replace(folder / f"{name}.json")  # atomic: a crash never leaves a half-written state file
+    model_tmp, state_tmp = folder / f"{name}.tmp.zip", folder / f"{name}.json.tmp"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        model.save(model_tmp)
+        state_tmp.write_text(state.to_json(f"{name}.zip"))
+        model_tmp.replace(folder / f"{name}.zip")
+        state_tmp.replace(folder / f"{name}.json")
+    except OSError as exc:
+        for tmp in (model_tmp, state_tmp):
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
+        raise UserError(f"checkpoint {name} in {folder}: cannot write ({exc.strerror or exc}); free space or choose "
+                        "another --checkpoint-dir", ExitCode.FILESYSTEM) from None  # fmt: skip
     for old in sorted(folder.glob("episode_*.json"))[: -keep or None] if name != FINAL else []:
         old.unlink()
         old.with_suffix(".zip").unlink(missing_ok=True)
@@ -86,4 +101,23 @@ def read_checkpoint(path: Path) -> tuple[TrainingState, Path]:
         raise UserError(f"checkpoint {state_file}, line {exc.lineno}: {exc.msg}", ExitCode.USAGE) from None
     except ValueError as exc:
         raise UserError(f"checkpoint {state_file}: {exc}", ExitCode.USAGE) from None
+    if not state.settings:  # resuming with default settings would silently train another configuration
+        raise UserError(f"checkpoint {state_file} records no settings: the run cannot be resumed as configured",
+                        ExitCode.USAGE)  # fmt: skip
     return state, state_file.with_suffix(".zip")
+
+
+def load_model(path: Path, env: Any = None) -> Any:
+    """The Stable-Baselines3 PPO model saved at ``path`` (attached to ``env`` if given).
+
+    :raise UserError: (USAGE) the file is not a readable model (corrupt or truncated zip, or made for other
+        observations or actions than ``env``'s), naming it.
+    """
+    from stable_baselines3 import PPO
+
+    try:
+        return PPO.load(path, env=env, device="cpu")
+    except Exception as exc:  # a damaged file fails in any of zipfile, zlib, torch or SB3, each with its own type
+        detail = (str(exc).strip() or "no detail").splitlines()[0]
+        raise UserError(f"checkpoint {path}: not a readable model ({type(exc).__name__}: {detail})",
+                        ExitCode.USAGE) from None  # fmt: skip

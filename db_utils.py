@@ -9,38 +9,97 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as dt
+import errno
 import fcntl
 import io
+import json
+import math
 import os
+import urllib.parse
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
+import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 
 import tt_schema as tables
 from bar_validation import VALUE_COLUMNS
-from settings import ExitCode, UserError, mask_secret
+from settings import ExitCode, UserError, mask_secret, scrub_secrets, split_url
 
 # ---------------------------------------------------------------------------------------------------- engine
 
 
+_DRIVERS = {
+    "postgresql": "postgresql+psycopg2",
+    "postgres": "postgresql+psycopg2",
+    "postgresql+psycopg2": "postgresql+psycopg2",
+    "sqlite": "sqlite",
+    "sqlite+pysqlite": "sqlite+pysqlite",
+}
+_URL_FORMS = "postgresql://user:password@host:5432/db or sqlite:////absolute/path.sqlite"
+
+
 def database_url(settings: Any) -> tuple[str, bool]:
     """The database URL to use and whether it is the embedded SQLite default (:func:`make_engine` picks the
-    driver)."""
+    driver). :raise UserError: (exit code 2, the value never echoed) when ``DATABASE_URL`` is not a URL of a
+    supported database."""
     url = (getattr(settings, "database_url", None) or "").strip()
     if not url:
         return f"sqlite:///{Path(settings.sqlite_path).expanduser().resolve()}", True
+    check_url(url)
     return url, False
 
 
+def check_url(url: str) -> None:
+    """Refuse what is not a URL of a supported database with one line that never shows the password.
+
+    :raise UserError: (exit code 2) for a libpq ``key=value`` string, text that is not a URL, another database
+        (``mysql://``), or a password whose end cannot be told (a raw ``/``, ``?`` or ``#`` in it).
+    """
+    parts = split_url(url)
+    if parts is None:
+        if "=" in url:
+            raise UserError(f"DATABASE_URL: libpq key=value connection strings are not supported; write a URL: "
+                            f"{_URL_FORMS} (percent-encode special characters in the password)")  # fmt: skip
+        raise UserError(f"DATABASE_URL is not a URL: expected {_URL_FORMS}")
+    scheme = parts.head[:-3].lower()
+    if scheme not in _DRIVERS:
+        raise UserError(f"DATABASE_URL: unsupported database {scheme!r}; expected {_URL_FORMS}")
+    if parts.ambiguous and not scheme.startswith("sqlite"):
+        raise UserError("DATABASE_URL: cannot tell where the password ends; percent-encode / ? # @ in it "
+                        "(%2F %3F %23 %40)")  # fmt: skip
+
+
 def normalize_url(url: str) -> str:
-    """Give ``postgresql://`` and ``postgres://`` URLs the psycopg2 driver (SQLAlchemy 2.1 would pick psycopg 3)."""
-    for prefix in ("postgres://", "postgresql://"):
-        if url.startswith(prefix):
-            return "postgresql+psycopg2://" + url[len(prefix) :]
-    return url
+    """Give ``postgresql://`` and ``postgres://`` URLs the psycopg2 driver (SQLAlchemy 2.1 would pick psycopg 3),
+    and percent-encode the credentials, so a raw ``@`` in a password (``user:pa@ss@host``) is the password's,
+    not the host's."""
+    parts = split_url(url)
+    if parts is None or parts.ambiguous:
+        return url
+    head = _DRIVERS.get(parts.head[:-3].lower(), parts.head[:-3]) + "://"
+    if parts.user is None:
+        return head + parts.rest
+    user = urllib.parse.quote(urllib.parse.unquote(parts.user), safe="")
+    password = "" if parts.password is None else ":" + urllib.parse.quote(urllib.parse.unquote(parts.password), safe="")
+    return f"{head}{user}{password}@{parts.rest}"
+
+
+def strict_json(value: Any) -> str:
+    """JSON text every database accepts: NaN and infinities become null (``json.dumps`` writes a bare ``NaN``,
+    which PostgreSQL refuses); numpy scalars become Python numbers."""
+
+    def finite(v: Any) -> Any:
+        v = v.item() if isinstance(v, np.generic) else v
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        if isinstance(v, dict):
+            return {k: finite(x) for k, x in v.items()}
+        return [finite(x) for x in v] if isinstance(v, list | tuple) else v
+
+    return json.dumps(finite(value), allow_nan=False, default=str)
 
 
 def make_engine(url: str) -> sa.Engine:
@@ -49,8 +108,8 @@ def make_engine(url: str) -> sa.Engine:
     if url.startswith("sqlite"):
         path = sa.make_url(url).database
         if path and path != ":memory:" and not path.startswith("file:"):
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-        engine = sa.create_engine(url, connect_args={"timeout": 30})
+            _make_folder(Path(path).parent, url)
+        engine = sa.create_engine(url, connect_args={"timeout": 30}, json_serializer=strict_json)
 
         @sa.event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -66,7 +125,18 @@ def make_engine(url: str) -> sa.Engine:
         if url.startswith("postgresql")
         else {}
     )
-    return sa.create_engine(url, connect_args=connect_args, pool_pre_ping=True)
+    return sa.create_engine(url, connect_args=connect_args, pool_pre_ping=True, json_serializer=strict_json)
+
+
+def _make_folder(folder: Path, url: str) -> None:
+    """Create the SQLite file's folder; a read-only place is exit 13, a file in the way exit 14 (not a traceback)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        read_only = exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS)
+        code = ExitCode.DB_READONLY if read_only else ExitCode.DB_ERROR
+        what = "is read-only" if read_only else "cannot be created"
+        raise UserError(f"SQLite database {url}: its folder {what} ({exc.strerror})", code) from None
 
 
 _PG_PROBLEMS: tuple[tuple[tuple[str, ...], ExitCode, str], ...] = (
@@ -78,20 +148,25 @@ _PG_PROBLEMS: tuple[tuple[tuple[str, ...], ExitCode, str], ...] = (
     ),
     (
         ("could not connect", "connection refused", "could not translate host", "timeout expired", "unreachable",
-         "no route to host", "connection to server"),
+         "no route to host", "connection to server", "server closed the connection", "connection already closed",
+         "could not receive data", "could not send data", "terminating connection", "ssl syscall error"),
         ExitCode.DB_UNREACHABLE,
-        "host unreachable",
+        "host unreachable or connection lost",
     ),
 )  # fmt: skip
 
 
 def classify_connection_error(url: str, exc: BaseException) -> UserError:
     """Turn a driver error at connect time into a :class:`UserError` naming the problem and its exit code."""
-    text = str(getattr(exc, "orig", exc) or exc).strip()
+    text = scrub_secrets(str(getattr(exc, "orig", exc) or exc).strip(), url)
     lowered = text.lower()
     shown = mask_secret(url)
     if url.startswith("sqlite"):
-        if "readonly" in lowered or "read-only" in lowered:
+        # A new file in a read-only folder is "unable to open", not "readonly".
+        new_in_read_only = "unable to open" in lowered and not os.access(
+            Path(str(sa.make_url(url).database)).parent, os.W_OK
+        )
+        if "readonly" in lowered or "read-only" in lowered or new_in_read_only:
             return UserError(f"database {shown} is read-only: {text}", ExitCode.DB_READONLY)
         return UserError(f"cannot open SQLite database {shown}: {text}", ExitCode.DB_ERROR)
     for needles, code, what in _PG_PROBLEMS:
@@ -143,10 +218,13 @@ def connect(settings: Any, *, create_schema: bool = True, announce: Any = print)
 
 
 def apply_schema(engine: sa.Engine) -> list[str]:
-    """:func:`tt_schema.ensure_schema`, with a database refusal (e.g. no permission to create tables)
-    turned into a :class:`UserError` with a database exit code instead of a traceback."""
+    """:func:`tt_schema.ensure_schema`, with a database refusal (e.g. no permission to create tables) or a table
+    that cannot get its key turned into a :class:`UserError` with a database exit code instead of a traceback."""
     try:
         return tables.ensure_schema(engine)
+    except tables.SchemaRefused as exc:
+        raise UserError(f"database {mask_secret(engine.url.render_as_string(hide_password=False))}: {exc}",
+                        ExitCode.DB_ERROR) from None  # fmt: skip
     except sa.exc.SQLAlchemyError as exc:
         raise classify_connection_error(engine.url.render_as_string(hide_password=False), exc) from None
 
@@ -257,10 +335,9 @@ def upsert_rows(
     """Insert rows or update the given columns of existing ones (``ON CONFLICT DO UPDATE`` on both dialects)."""
     if not rows:
         return
-    if conn.dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert
+    from sqlalchemy.dialects import postgresql, sqlite
+
+    insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
     by_shape: dict[tuple[str, ...], list[Mapping[str, Any]]] = {}
     for row in rows:
         by_shape.setdefault(tuple(sorted(row)), []).append(row)
@@ -276,7 +353,7 @@ def upsert_rows(
 @contextlib.contextmanager
 def dbapi_cursor(conn: sa.Connection) -> Iterator[Any]:
     """The driver's own cursor on ``conn`` (for COPY, which SQLAlchemy does not wrap), closed afterwards."""
-    cursor = conn.connection.dbapi_connection.cursor()
+    cursor = conn.connection.cursor()  # the pool's proxy returns the driver's cursor itself
     try:
         yield cursor
     finally:
@@ -317,28 +394,54 @@ def run_lock(engine: sa.Engine, name: str) -> Iterator[None]:
             try:
                 yield
             finally:
-                conn.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
-                conn.commit()
+                # A lost connection has released the session lock already; its error must not replace the
+                # run's own (which says the database went away: exit 10).
+                with contextlib.suppress(sa.exc.SQLAlchemyError):
+                    conn.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+                    conn.commit()
         return
     db_path = Path(engine.url.database or "memory")
-    lock_path = db_path.with_name(f"{db_path.name}.{name}.lock")
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_path, "a+") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+    handle = _take_lock_file(db_path.with_name(f"{db_path.name}.{name}.lock"))
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):  # the flock is what matters; the holder note is a courtesy
             handle.seek(0)
-            holder = handle.read().strip() or "unknown process"
-            raise UserError(
-                f"another run holds the lock {lock_path} ({holder}); this run did nothing", ExitCode.LOCKED
-            ) from None
+            handle.truncate()
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        handle.close()
+
+
+def _take_lock_file(path: Path) -> IO[str]:
+    """``path`` opened, flock-ed and holding this process's id.
+
+    :raise UserError: ``LOCKED`` when another process holds it; ``FILESYSTEM`` when it cannot be written (a folder
+        in the way, no permission, disk full).
+    """
+
+    def cannot_write(exc: OSError) -> UserError:
+        return UserError(f"cannot write the lock file {path}: {exc.strerror or exc}; this run did nothing",
+                         ExitCode.FILESYSTEM)  # fmt: skip
+
+    try:
+        handle = open(path, "a+")  # noqa: SIM115  (closed by run_lock)
+    except OSError as exc:
+        raise cannot_write(exc) from None
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "unknown process"
+        handle.close()
+        raise UserError(
+            f"another run holds the lock {path} ({holder}); this run did nothing", ExitCode.LOCKED
+        ) from None
+    try:
         handle.seek(0)
         handle.truncate()
         handle.write(f"pid {os.getpid()} since {dt.datetime.now().isoformat(timespec='seconds')}")
         handle.flush()
-        try:
-            yield
-        finally:
-            handle.seek(0)
-            handle.truncate()
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    except OSError as exc:
+        handle.close()  # closing releases the flock
+        raise cannot_write(exc) from None
+    return handle

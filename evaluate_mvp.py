@@ -1,41 +1,47 @@
-"""Out-of-sample evaluation of a trained run against simple baselines, with metrics in ``tt_evaluations``.
+"""Out-of-sample evaluation of a trained run against simple baselines, with statistics, in ``tt_evaluations``.
 
-``python evaluate_mvp.py --run RUN_ID|latest [--start D] [--end D]`` loads the run's final PPO checkpoint, runs
-it deterministically over the held-out tail (the sessions after the run's training slice, or ``--start/--end``)
-through the same environment, costs and execution timing as training, runs the baselines the same way, prints
-a metrics table, stores one row per policy in ``tt_evaluations`` and writes ``reports/<run_id>/report.html``
-(plus PNGs). Metric definitions, baselines and what happens after a drawdown stop: docs/evaluation.md.
+``python evaluate_mvp.py --run RUN_ID|latest [--start D] [--end D] [--json]`` loads the run's final PPO checkpoint,
+runs it deterministically over the held-out tail (the sessions after the run's training slice, or
+``--start/--end``; a slice overlapping the training slice only with ``--in-sample``, and labelled so) through the
+same environment, costs and execution timing as training, runs the baselines the same way, computes bootstrap
+intervals, paired tests, the SPA test, the deflated Sharpe ratio and a verdict (``evaluation_records``), prints
+the tables (or one JSON document), stores one row per policy in ``tt_evaluations`` and writes
+``reports/<run_id>/report.html`` (plus PNGs). Definitions: docs/evaluation.md and docs/statistics.md.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import math
+import functools
+import json
+import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TextIO
 
 import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 
+import checkpoints
 import db_utils
+import evaluation_records as records
 import report_mvp
 import run_records
-import tt_schema as tables
-from checkpoints import FINAL
+from evaluation_records import overlaps_training
+from evaluation_stats import BootstrapConfig
 from market import Market, build_market
 from metrics import Evaluation
 from run_records import RunRecord
-from settings import REPO_ROOT, CommonSettings, ExitCode, UserError, parse_command, setting
+from settings import REPO_ROOT, CommonSettings, ExitCode, UserError, parse_command, run_cli, setting
 from tensortrade_risk_module import EnvConfig, mark_to_market, rebalance
 from trading_env import TradingEnv, make_env
 
 # ----------------------------------------------------------------------------------------------- policies
 # A policy sees the observation, the decision date and the previous decision date (None on the first step)
 # and returns ("action", a) for env.step or ("target", w | None) for env.step_target (None = hold, no trade).
-Decision = tuple[Literal["action", "target"], np.ndarray | None]
+Decision = tuple[Literal["action"], np.ndarray] | tuple[Literal["target"], np.ndarray | None]
 Policy = Callable[[np.ndarray, np.datetime64, np.datetime64 | None], Decision]
 
 
@@ -132,8 +138,11 @@ def rollout(env: TradingEnv, policy: Policy) -> tuple[pd.DataFrame, pd.DataFrame
     infos, previous, stop_row = [info], None, None
     while True:
         date = np.datetime64(info["date"])
-        kind, value = policy(obs, date, previous)
-        obs, _, terminated, truncated, info = env.step(value) if kind == "action" else env.step_target(value)
+        decision = policy(obs, date, previous)
+        if decision[0] == "action":
+            obs, _, terminated, truncated, info = env.step(decision[1])
+        else:
+            obs, _, terminated, truncated, info = env.step_target(decision[1])
         infos.append(info)
         previous = date
         if terminated:
@@ -160,7 +169,7 @@ def evaluate_policies(market: Market, env_settings: dict[str, Any], policies: di
 
 def final_checkpoint(run: RunRecord) -> Path:
     """Path of the run's final checkpoint; :raise UserError: (NOT_FOUND) when it is not on disk."""
-    path = Path(run.checkpoint_dir or "") / f"{FINAL}.zip"
+    path = Path(run.checkpoint_dir or "") / f"{checkpoints.FINAL}.zip"
     if not run.checkpoint_dir or not path.is_file():
         raise UserError(
             f"run {run.run_id}: final checkpoint {path} not found (status {run.status!r}; was the run "
@@ -180,24 +189,10 @@ def run_env_settings(run: RunRecord) -> dict[str, Any]:
     stored = config.get("env", config)
     names = {f.name for f in dataclasses.fields(EnvConfig)}
     trained = {k: tuple(v) if isinstance(v, list) else v for k, v in stored.items() if k in names}
+    if not trained:
+        raise UserError(f"run {run.run_id}: tt_runs.config holds no environment settings, so the environment it "
+                        "trained in cannot be rebuilt", ExitCode.REFUSED)  # fmt: skip
     return {**trained, "random_start": False, "episode_length": None}
-
-
-def store_evaluation(engine: sa.Engine, run_id: str, evaluation: Evaluation) -> None:
-    """Replace this run's rows for the same slice in ``tt_evaluations`` by one row per policy (one transaction)."""
-    e = tables.evaluations
-    now = dt.datetime.now(dt.UTC)
-    rows = []
-    for policy, values in evaluation.metrics.iterrows():
-        clean = {k: (float(v) if math.isfinite(v) else None) for k, v in values.items()}
-        clean.update(days_stopped=int(values["days_stopped"]), sessions=int(values["sessions"]))
-        columns = {k: v for k, v in clean.items() if k in e.c}
-        rows.append({"run_id": run_id, "policy": policy, "slice_start": evaluation.start,
-                     "slice_end": evaluation.end, "evaluated_at": now, **columns, "metrics": clean})  # fmt: skip
-    same_slice = (e.c.run_id == run_id) & (e.c.slice_start == evaluation.start) & (e.c.slice_end == evaluation.end)
-    with engine.begin() as conn:
-        conn.execute(e.delete().where(same_slice))
-        conn.execute(e.insert(), rows)
 
 
 # ------------------------------------------------------------------------------------------------ command
@@ -208,8 +203,13 @@ class EvaluateSettings(CommonSettings):
     run: str = setting("latest", "run id to evaluate, or 'latest' (the most recently started finished run)")
     start: dt.date | None = setting(None, "first evaluated session (default: the first after the training slice)")
     end: dt.date | None = setting(None, "last evaluated session (default: the last stored bar)")
+    in_sample: bool = setting(False, "evaluate a slice overlapping the training slice (labelled in-sample)")
     out_dir: Path = setting(REPO_ROOT / "reports", "reports are written to OUT_DIR/<run_id>/", env="TT_REPORTS_DIR")
-    store: bool = setting(True, "store the metrics in tt_evaluations")
+    store: bool = setting(True, "store the metrics and statistics in tt_evaluations")
+    json: bool = setting(False, "print one JSON document on stdout; the tables and messages go to stderr")
+    bootstrap_reps: int = setting(
+        2000, "bootstrap resamples behind every interval, p-value and the SPA test", bounds=(100, None)
+    )
 
 
 def evaluation_slice(run: RunRecord, settings: EvaluateSettings) -> tuple[dt.date, dt.date | None]:
@@ -220,16 +220,32 @@ def evaluation_slice(run: RunRecord, settings: EvaluateSettings) -> tuple[dt.dat
     end = settings.end
     if end is not None and end < start:
         raise UserError(f"--end {end} is before the evaluation start {start}")
-    if run.slice_end and start <= run.slice_end:
-        print(f"warning: the evaluation starts on {start}, inside the training slice (ends {run.slice_end})")
     return start, end
 
 
-def load_model(path: Path, n_assets: int, observation_shape: tuple[int, ...]) -> Any:
-    """The PPO model saved at ``path``, checked to act on ``n_assets`` assets and to read ``observation_shape``."""
-    from stable_baselines3 import PPO
+def check_out_of_sample(run: RunRecord, market: Market, config: EnvConfig, allowed: bool) -> None:
+    """Refuse an evaluated slice that shares a session with the training slice, unless ``--in-sample`` asks for it.
 
-    model = PPO.load(path, device="cpu")
+    :raise UserError: (REFUSED) naming both slices.
+    """
+    start, end = (pd.Timestamp(d).date() for d in (market.dates[config.first_decision], market.dates[-1]))
+    if allowed or not overlaps_training(run, start, end):
+        return
+    raise UserError(
+        f"the evaluated sessions {start} .. {end} overlap run {run.run_id}'s training slice {run.slice_start} .. "
+        f"{run.slice_end}: that is in-sample; evaluate_mvp.py --in-sample evaluates it anyway (labelled "
+        "in-sample), or give a --start after the training slice",
+        ExitCode.REFUSED,
+    )
+
+
+def load_model(path: Path, n_assets: int, observation_shape: tuple[int, ...] | None) -> Any:
+    """The PPO model saved at ``path``, checked to act on ``n_assets`` assets and to read ``observation_shape``.
+
+    :raise UserError: USAGE when the file is not a readable model (``checkpoints.load_model``), REFUSED when it
+        does not fit the run's environment.
+    """
+    model = checkpoints.load_model(path)
     if model.action_space.shape != (n_assets,):
         raise UserError(
             f"checkpoint {path} acts on {model.action_space.shape} assets, the run's symbols give {n_assets}",
@@ -244,11 +260,31 @@ def load_model(path: Path, n_assets: int, observation_shape: tuple[int, ...]) ->
     return model
 
 
+def print_summary(doc: dict[str, Any], evaluation: Evaluation, out: TextIO) -> None:
+    """The metrics table, the statistics table (intervals, comparisons), the SPA, the DSR and the verdict."""
+    period = doc["period"]
+    label = " IN-SAMPLE (overlaps the training slice)" if period["in_sample"] else " out of sample"
+    print(f"run {doc['run_id']}: {period['start']} .. {period['end']},{label}, {period['sessions']} sessions, "
+          f"{len(doc['symbols'])} symbols", file=out)  # fmt: skip
+    print(report_mvp.format_metrics(evaluation.metrics).to_string(), file=out)
+    boot = doc["bootstrap"]
+    print(f"\n{boot['level']:.0%} intervals: {boot['kind']} block bootstrap, {boot['reps']} resamples, mean block "
+          f"{boot['block_size']:.1f} sessions; p-values two-sided", file=out)  # fmt: skip
+    with pd.option_context("display.width", 250, "display.max_columns", 20):
+        print(report_mvp.format_statistics(doc).to_string(), file=out)
+    for line in report_mvp.statistics_notes(doc):
+        print(line, file=out)
+    print(f"verdict: {doc['verdict']['text']}", file=out)
+
+
 def evaluate_run(engine: sa.Engine, settings: EvaluateSettings) -> Path:
-    """Evaluate ``settings.run`` against the baselines, store the metrics, write the report, print the table.
+    """Evaluate ``settings.run`` against the baselines with statistics, store them, write the report and print
+    the tables (or, with ``--json``, the document on stdout and the tables on stderr).
 
     :return: the path of ``report.html``.
-    :raise UserError: NOT_FOUND for an unknown run or a missing checkpoint, REFUSED when the data do not fit.
+    :raise UserError: NOT_FOUND for an unknown run or a missing checkpoint, REFUSED when the data do not fit or
+        the slice is in-sample without ``--in-sample``, USAGE for an unreadable checkpoint, FILESYSTEM for a
+        reports folder that cannot be written.
     """
     run = run_records.find_run(engine, settings.run, finished_only=True)
     if run.backend == "tensortrade":
@@ -265,16 +301,25 @@ def evaluate_run(engine: sa.Engine, settings: EvaluateSettings) -> Path:
     if data.missing:
         raise UserError(f"run {run.run_id} traded {', '.join(data.missing)}: no stored bars", ExitCode.REFUSED)
     market = slice_market(build_market(data.bars, config), config, start, end)
+    check_out_of_sample(run, market, config, settings.in_sample)
+    folder = report_mvp.report_folder(settings.out_dir / run.run_id)
     model = load_model(checkpoint, len(market.symbols), make_env(market, **env_settings).observation_space.shape)
     policies = {"agent": agent_policy(model), **baseline_policies(len(market.symbols))}
     evaluation = evaluate_policies(market, env_settings, policies)
+    sharpe = float(evaluation.metrics.loc["agent", "sharpe"])
+    trials = records.count_trials(engine, run, evaluation.start, evaluation.end, sharpe)
+    stats = records.compute_statistics(evaluation, trials, BootstrapConfig(reps=settings.bootstrap_reps))
+    doc = records.document(run, evaluation, stats, trials)
     if settings.store:
-        store_evaluation(engine, run.run_id, evaluation)
+        records.store_evaluation(engine, run.run_id, evaluation, doc)
     episodes = run_records.read_episodes(engine, run.run_id)
-    html = report_mvp.write_report(settings.out_dir / run.run_id, run, evaluation, episodes, env_settings)
-    print(f"run {run.run_id}: {evaluation.start} .. {evaluation.end}, {len(market.symbols)} symbols")
-    print(report_mvp.format_metrics(evaluation.metrics).to_string())
-    print(f"report: {html}")
+    html = report_mvp.write_report(folder, run, evaluation, episodes, env_settings, doc)
+    out = sys.stderr if settings.json else sys.stdout
+    print_summary(doc, evaluation, out)
+    print(f"report: {html}", file=out)
+    if settings.json:
+        document = {**doc, "stored": settings.store, "report": str(html)}
+        print(json.dumps(document, indent=1, allow_nan=False))
     return html
 
 
@@ -283,11 +328,15 @@ def main(argv: list[str] | None = None) -> int:
     settings = parse_command(EvaluateSettings, argv, "Out-of-sample evaluation of a training run against baselines.")
     if settings is None:
         return int(ExitCode.OK)
-    evaluate_run(db_utils.connect(settings), settings)
+    announce = functools.partial(print, file=sys.stderr) if settings.json else print
+    evaluate_run(db_utils.connect(settings, announce=announce), settings)
     return int(ExitCode.OK)
 
 
-if __name__ == "__main__":
-    from settings import run_cli
+def cli() -> int:
+    """The ``evaluate-mvp`` console script (pyproject.toml): ``main`` with user errors as one line."""
+    return run_cli(main)
 
-    raise SystemExit(run_cli(main))
+
+if __name__ == "__main__":
+    raise SystemExit(cli())

@@ -1,8 +1,9 @@
-"""How sure an evaluation can be: bootstrap intervals, PSR/DSR, paired tests, SPA, seed aggregates, a verdict.
+"""How sure an evaluation can be: bootstrap intervals, PSR/DSR, paired tests, SPA, a verdict.
 
-Pure functions of daily simple-return arrays (numpy/scipy/arch only, no database). Definitions, formulas,
-sources and how to read the verdict: docs/statistics.md. The metrics follow the project's conventions
-(``metrics.py``): Sharpe = mean / std(ddof=1) * sqrt(252), risk-free 0; CAGR on trading days; max drawdown <= 0.
+Pure functions of daily simple-return arrays (numpy/scipy/arch only, no database); the aggregates across seeds
+are in ``seed_stats.py``. Definitions, formulas, sources and how to read the verdict: docs/statistics.md. The
+metrics follow the project's conventions (``metrics.py``): Sharpe = mean / std(ddof=1) * sqrt(252), risk-free 0;
+CAGR on trading days; max drawdown <= 0.
 """
 
 from __future__ import annotations
@@ -86,7 +87,8 @@ def draw_resamples(n: int, block_size: float, config: BootstrapConfig) -> Resamp
     if config.kind == "circular":
         bootstrap: CircularBlockBootstrap = CircularBlockBootstrap(math.ceil(block_size), index, seed=config.seed)
     else:
-        bootstrap = StationaryBootstrap(block_size, index, seed=config.seed)
+        # arch draws fractional mean block lengths; its annotation says int
+        bootstrap = StationaryBootstrap(block_size, index, seed=config.seed)  # type: ignore[arg-type]
     rows = np.stack([bootstrap.update_indices() for _ in range(config.reps)])
     return Resamples(rows, config.level)
 
@@ -97,7 +99,7 @@ def _replicate(indices: np.ndarray, statistic: Callable[..., np.ndarray], *serie
     return np.concatenate(parts)
 
 
-def _interval(estimate: float, replicates: np.ndarray, level: float) -> Interval:
+def percentile_interval(estimate: float, replicates: np.ndarray, level: float) -> Interval:
     """Percentile interval, computed as arch's ``conf_int(method="percentile")`` does; NaN resamples ignored."""
     finite = replicates[~np.isnan(replicates)]
     if math.isnan(estimate) or not finite.size:
@@ -188,6 +190,7 @@ def deflated_sharpe_ratio(
         raise ValueError(f"n_trials={n_trials} is fewer than the {len(trial_sharpes)} trial Sharpe ratios given")
     sharpe, n, skew, kurtosis = _moments(returns, annualization)
     known = np.asarray([s for s in trial_sharpes if math.isfinite(s)], dtype=float)
+    source: Literal["trials", "null"]
     if known.size >= 2:
         variance, source = float(np.var(known, ddof=1)) / annualization, "trials"
     else:
@@ -224,7 +227,7 @@ def policy_statistics(
 
     estimates = statistic(r[None, :])[0]
     replicates = _replicate(resamples.indices, statistic, r)
-    sharpe, cagr, drawdown = (_interval(estimates[j], replicates[:, j], resamples.level) for j in range(3))
+    sharpe, cagr, drawdown = (percentile_interval(estimates[j], replicates[:, j], resamples.level) for j in range(3))
     return PolicyStatistics(sharpe, cagr, drawdown, probabilistic_sharpe_ratio(r, 0.0, annualization))
 
 
@@ -253,9 +256,9 @@ def paired_comparison(
     estimates = statistic(a[None, :], b[None, :])[0]
     replicates = _replicate(resamples.indices, statistic, a, b)
     return PairedComparison(
-        _interval(estimates[0], replicates[:, 0], resamples.level),
+        percentile_interval(estimates[0], replicates[:, 0], resamples.level),
         _p_value(estimates[0], replicates[:, 0]),
-        _interval(estimates[1], replicates[:, 1], resamples.level),
+        percentile_interval(estimates[1], replicates[:, 1], resamples.level),
         _p_value(estimates[1], replicates[:, 1]),
     )
 
@@ -279,53 +282,12 @@ def spa_test(
     matrix = np.column_stack([np.asarray(models[name], dtype=float) for name in names])
     size = math.ceil(block_size) if config.kind == "circular" else block_size
     losses = -np.asarray(benchmark, dtype=float)
-    spa = SPA(losses, -matrix, block_size=size, reps=config.reps, bootstrap=config.kind, seed=config.seed)
+    # a fractional stationary block length, as in draw_resamples
+    spa = SPA(losses, -matrix, block_size=size, reps=config.reps, bootstrap=config.kind, seed=config.seed)  # type: ignore[arg-type]
     spa.compute()
     p = spa.pvalues
     best = names[int(np.argmax(matrix.mean(axis=0)))]
     return SpaResult(float(p["lower"]), float(p["consistent"]), float(p["upper"]), best)
-
-
-# ------------------------------------------------------------------------------------ seeds (rliable)
-def _runs_by_tasks(scores: np.ndarray) -> np.ndarray:
-    """Scores as (runs, tasks): a 1-D array is one task (e.g. seeds on one fold)."""
-    x = np.asarray(scores, dtype=float)
-    return x[:, None] if x.ndim == 1 else x
-
-
-def _stratified(scores: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """One stratified resample: runs drawn with replacement within each task (column)."""
-    runs, tasks = scores.shape
-    return scores[rng.integers(runs, size=(runs, tasks), dtype=np.int64), np.arange(tasks)]
-
-
-def interquartile_mean(scores: np.ndarray) -> float:
-    """IQM: mean of the middle 50% of all runs x tasks scores (scipy.stats.trim_mean, 25% cut each side)."""
-    return float(stats.trim_mean(np.ravel(scores), 0.25))
-
-
-def iqm_interval(scores: np.ndarray, reps: int = 2000, level: float = 0.95, seed: int = 0) -> Interval:
-    """IQM with its stratified-bootstrap percentile interval (Agarwal et al. 2021)."""
-    x, rng = _runs_by_tasks(scores), np.random.default_rng(seed)
-    resampled = np.stack([_stratified(x, rng).ravel() for _ in range(reps)])
-    return _interval(interquartile_mean(x), stats.trim_mean(resampled, 0.25, axis=1), level)
-
-
-def probability_of_improvement(x: np.ndarray, y: np.ndarray) -> float:
-    """P(X > Y) + P(X = Y) / 2 per task (the Mann-Whitney U / (n_x n_y)), averaged over tasks."""
-    xs, ys = _runs_by_tasks(x), _runs_by_tasks(y)
-    pairs_x, pairs_y = xs[:, None, :], ys[None, :, :]
-    per_task = (pairs_x > pairs_y).mean(axis=(0, 1)) + 0.5 * (pairs_x == pairs_y).mean(axis=(0, 1))
-    return float(per_task.mean())
-
-
-def improvement_interval(
-    x: np.ndarray, y: np.ndarray, reps: int = 2000, level: float = 0.95, seed: int = 0
-) -> Interval:
-    """Probability of improvement of X over Y with an interval from independent stratified resamples of both."""
-    xs, ys, rng = _runs_by_tasks(x), _runs_by_tasks(y), np.random.default_rng(seed)
-    replicates = np.array([probability_of_improvement(_stratified(xs, rng), _stratified(ys, rng)) for _ in range(reps)])
-    return _interval(probability_of_improvement(xs, ys), replicates, level)
 
 
 # ------------------------------------------------------------------------------------ verdict

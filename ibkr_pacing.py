@@ -22,7 +22,9 @@ class IbSettings:
     """Connection and pacing settings for the IBKR source."""
 
     ib_host: str = setting("127.0.0.1", "TWS / IB Gateway host", env="IB_HOST")
-    ib_port: int = setting(4002, "API port (IB Gateway paper 4002 / live 4001; TWS 7497 / 7496)", env="IB_PORT")
+    ib_port: int = setting(
+        4002, "API port (IB Gateway paper 4002 / live 4001; TWS 7497 / 7496)", env="IB_PORT", bounds=(1, 65535)
+    )
     ib_client_id: int = setting(17, "API client id (must not be in use by another API client)", env="IB_CLIENT_ID")
     ib_pacing: Literal["soft", "strict"] = setting(
         "soft",

@@ -26,6 +26,7 @@ import bar_validation
 import coverage_check
 import db_utils
 import features
+import ingest_log
 import tt_schema as tables
 import watchlist_loader as wl
 from ibkr_pacing import IbSettings
@@ -33,7 +34,7 @@ from settings import REPO_ROOT, CommonSettings, ExitCode, UserError, format_conf
 
 log = logging.getLogger("mvp_pipeline")
 LOCK_NAME = "ingest"
-FAILED_STATUSES = ("failed", "unknown_symbol", "no_data")
+FAILED_STATUSES = ("failed", "unknown_symbol", "no_data", "rejected")
 _METADATA_COLUMNS = {"ib_con_id", "primary_exchange", "exchange", "currency", "first_available_date", "name"}
 
 
@@ -126,32 +127,6 @@ def _ibkr_fetcher(settings: IngestSettings) -> wl.Fetcher:
     return fetch
 
 
-@contextlib.contextmanager
-def logging_to(settings: IngestSettings) -> Iterator[Path]:
-    """Log to stdout and append to ``<log_dir>/mvp_pipeline.log`` for the duration of a run."""
-    path = Path(settings.log_dir) / "mvp_pipeline.log"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    console = logging.StreamHandler(sys.stdout)
-    console.setFormatter(logging.Formatter("%(message)s"))
-    to_file = logging.FileHandler(path, encoding="utf-8")
-    to_file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-    log.setLevel(logging.DEBUG if settings.verbose else logging.INFO)
-    log.propagate = False
-    # ib_async logs every IB error at ERROR, including pacing errors the fetcher handles and reports itself.
-    logging.getLogger("ib_async").setLevel(logging.DEBUG if settings.verbose else logging.CRITICAL)
-    log.addHandler(console)
-    log.addHandler(to_file)
-    try:
-        yield path
-    except UserError as exc:  # run_cli prints it on stderr; keep it in the log file too
-        to_file.handle(log.makeRecord(log.name, logging.ERROR, __file__, 0, "error: %s", (exc,), None))
-        raise
-    finally:
-        for handler in (console, to_file):
-            log.removeHandler(handler)
-            handler.close()
-
-
 class Ingest:
     """One ingest run over a connected database (the lock is held by the caller)."""
 
@@ -163,6 +138,7 @@ class Ingest:
         self.rejected: list[pd.DataFrame] = []
         self.warnings: list[str] = []
         self.changed: set[str] = set()
+        self.say = ingest_log.CappedLog(log)  # per-symbol lines: a bounded number on stdout, all in the log file
 
     def stage(self, name: str, seconds: float, rows: int) -> None:
         """Record a stage's wall time and row count (rows/s in the benchmark)."""
@@ -252,6 +228,8 @@ class Ingest:
             self.changed.add(f.symbol)
         if f.symbol in result.not_stored_symbols:
             report.status, report.error = "failed", result.error
+        elif report.fetched and report.rejected >= report.fetched:  # nothing stored is a failure, not low coverage
+            report.status, report.error = "rejected", f"all {report.fetched} fetched row(s) rejected"
         elif f.status == wl.FetchStatus.STORED or (f.status == wl.FetchStatus.NO_DATA and f.symbol in since):
             report.status = "ok"  # NO_DATA for a stored symbol: nothing new since the last run
         else:
@@ -259,7 +237,7 @@ class Ingest:
             report.status = str(f.status)
             report.error = f"IB error {f.error_code}: {message}" if f.error_code else message
         if report.error:
-            log.warning("%s: %s", f.symbol, report.error)
+            self.say("failed symbols", logging.WARNING, "%s: %s", f.symbol, report.error)
 
     def symbol_row(self, f: wl.SymbolFetch) -> dict[str, Any]:
         """The ``tt_symbols`` row for a fetched symbol: watchlist fields, then what the source reported."""
@@ -290,13 +268,14 @@ class Ingest:
             line.coverage = float("nan") if row["coverage"] is None else row["coverage"]
             if row["below_min_coverage"] and line.status == "ok":
                 line.status = "low_coverage"
-                log.warning("%s: coverage %.1f%% is below --min-coverage", line.symbol, 100 * line.coverage)
+                self.say("low-coverage symbols", logging.WARNING, "%s: coverage %.1f%% is below --min-coverage",
+                         line.symbol, 100 * line.coverage)  # fmt: skip
             row["status"] = line.status
         with self.engine.begin() as conn:
             db_utils.upsert_rows(conn, tables.symbols, rows, ["symbol"])
             added, gone = coverage_check.store_missing_dates(conn, report)
         for text in coverage_check.describe_missing(report):
-            log.info(text)
+            self.say("missing-date lines", logging.INFO, "%s", text)
         log.debug("tt_missing_dates: %d added, %d removed", added, gone)
         self.stage("coverage", time.perf_counter() - t0, sum(map(len, stored.values())))
 
@@ -321,16 +300,12 @@ class Ingest:
         table = pd.DataFrame([dataclasses.asdict(r) for r in self.reports.values()]).set_index("symbol")
         return table.drop(columns="error")
 
-    def report_rejected(self) -> pd.DataFrame:
-        """Log every rejected row (they are reported, not fatal) and return them."""
-        if not self.rejected:
-            return pd.DataFrame(columns=["symbol", "date", "reason"])
-        rejected = pd.concat(self.rejected, ignore_index=True)
-        for r in rejected.head(50).itertuples():
-            log.warning("rejected %s %s: %s", r.symbol, pd.Timestamp(r.date).date(), r.reason)
-        if len(rejected) > 50:
-            log.warning("... and %d more rejected rows", len(rejected) - 50)
-        return rejected
+    def report_rejected(self) -> dict[str, Any]:
+        """Report the rejected rows (not fatal): summarized on stdout, each one in the log file; what
+        ``tt_ingest_runs.errors`` keeps of them."""
+        rejected = pd.concat(self.rejected, ignore_index=True) if self.rejected else pd.DataFrame()
+        label = str(self.settings.csv) if self.settings.source == "csv" else self.settings.source
+        return ingest_log.report_rejected(log, rejected, label)
 
 
 def run(settings: IngestSettings, engine: sa.Engine, entries: list[wl.WatchlistEntry], source: Source) -> int:
@@ -338,7 +313,7 @@ def run(settings: IngestSettings, engine: sa.Engine, entries: list[wl.WatchlistE
     started = time.perf_counter()
     job = Ingest(settings, engine, entries)
     job.stage("read", source.read_s, source.rows_read)
-    run_id = None if settings.dry_run else _start_run(engine, settings, job)
+    run_id = None if settings.dry_run else _open_run(engine, settings, job)
     code, status, errors = ExitCode.ERROR, "failed", {}
     try:
         job.fetch_and_store(source)
@@ -346,20 +321,20 @@ def run(settings: IngestSettings, engine: sa.Engine, entries: list[wl.WatchlistE
         if not settings.dry_run:
             job.check_coverage()
             job.check_features()
+        job.say.close()
         table = job.summary()
-        log.info("\n%s", table.to_string(float_format=lambda v: f"{v:.1%}"))
+        ingest_log.log_summary_table(log, table, FAILED_STATUSES)
         code = ExitCode.PARTIAL if table["status"].isin(FAILED_STATUSES).any() else ExitCode.OK
         status = "finished" if code == ExitCode.OK else "partial"
         failed = {s: r.error for s, r in job.reports.items() if r.status in FAILED_STATUSES}
-        errors = {"failed": failed, "rejected": rejected.head(1000).astype(str).to_dict("records"),
-                  "warnings": job.warnings}  # fmt: skip
+        errors = {"failed": failed, **rejected, "warnings": job.warnings}
         _log_totals(table, code, settings.dry_run)
         return int(code)
     except UserError as exc:
         code, errors = exc.exit_code, {"fatal": str(exc)}
         raise
-    except sa.exc.SQLAlchemyError as exc:  # the database failed mid-run: a database exit code, not a traceback
-        error = db_utils.classify_connection_error(engine.url.render_as_string(hide_password=False), exc)
+    except (sa.exc.SQLAlchemyError, engine.dialect.loaded_dbapi.Error) as exc:  # a database exit code, no traceback
+        error = _database_error(engine, exc)
         code, errors = error.exit_code, {"fatal": str(error)}
         raise error from None
     except KeyboardInterrupt:
@@ -372,32 +347,25 @@ def run(settings: IngestSettings, engine: sa.Engine, entries: list[wl.WatchlistE
         job.stage("total", time.perf_counter() - started, int(job.summary()["fetched"].sum()))
         if run_id is not None:
             try:
-                _finish_run(engine, run_id, job, status, code, errors)
-            except sa.exc.SQLAlchemyError as exc:  # keep the run's own error, not this one
-                log.warning("could not record the outcome in tt_ingest_runs: %s", str(exc).splitlines()[0])
+                outcome = (status, int(code), errors)
+                ingest_log.finish_run(engine, run_id, job.summary(), FAILED_STATUSES, job.timings, outcome)
+            except (sa.exc.SQLAlchemyError, engine.dialect.loaded_dbapi.Error) as exc:  # keep the run's own error
+                log.warning("could not record the outcome in tt_ingest_runs (the next run marks it abandoned): %s",
+                            str(exc).splitlines()[0])  # fmt: skip
 
 
-def _start_run(engine: sa.Engine, settings: IngestSettings, job: Ingest) -> int:
-    """Insert the ``tt_ingest_runs`` row (status running, arguments with secrets masked); its run id."""
-    arguments = dict(line.split(" = ", 1) for line in format_config(settings).splitlines())
-    record = {"started_at": dt.datetime.now(dt.UTC), "status": "running", "source": settings.source,
-              "start_date": job.start, "end_date": job.end, "arguments": arguments}  # fmt: skip
-    with engine.begin() as conn:
-        return int(conn.execute(tables.ingest_runs.insert().values(**record)).inserted_primary_key[0])
+def _open_run(engine: sa.Engine, settings: IngestSettings, job: Ingest) -> int:
+    """Close rows of runs that died, then open this run's ``tt_ingest_runs`` row (arguments masked); its id."""
+    try:
+        ingest_log.close_abandoned_runs(engine, log)
+        arguments = dict(line.split(" = ", 1) for line in format_config(settings).splitlines())
+        return ingest_log.start_run(engine, arguments, settings.source, job.start, job.end)
+    except (sa.exc.SQLAlchemyError, engine.dialect.loaded_dbapi.Error) as exc:
+        raise _database_error(engine, exc) from None
 
 
-def _finish_run(engine: sa.Engine, run_id: int, job: Ingest, status: str, code: int, errors: dict) -> None:
-    """Close the run's ``tt_ingest_runs`` row with its outcome, counts, errors and timings."""
-    table = job.summary()
-    values = {
-        "finished_at": dt.datetime.now(dt.UTC), "status": status, "exit_code": int(code), "errors": errors,
-        "timings": job.timings, "symbols_requested": len(table),
-        "symbols_ok": int((~table["status"].isin(FAILED_STATUSES)).sum()),
-        "symbols_failed": int(table["status"].isin(FAILED_STATUSES).sum()),
-        **{f"rows_{c}": int(table[c].sum()) for c in ("fetched", "inserted", "updated", "unchanged", "rejected")},
-    }  # fmt: skip
-    with engine.begin() as conn:
-        conn.execute(tables.ingest_runs.update().where(tables.ingest_runs.c.run_id == run_id).values(**values))
+def _database_error(engine: sa.Engine, exc: Exception) -> UserError:
+    return db_utils.classify_connection_error(engine.url.render_as_string(hide_password=False), exc)
 
 
 def _log_totals(table: pd.DataFrame, code: ExitCode, dry_run: bool) -> None:
@@ -414,8 +382,9 @@ def main(argv: list[str] | None = None) -> int:
     settings = parse_command(IngestSettings, argv, "Ingest daily bars for the watchlist (docs/ingestion.md).")
     if settings is None:
         return 0
-    with logging_to(settings) as log_path:
+    with ingest_log.logging_to(log, settings.log_dir, settings.verbose) as log_path:
         check_dates(settings)
+        db_utils.database_url(settings)  # a malformed DATABASE_URL is refused before any file is read
         entries = wl.load_watchlist(settings.watchlist)
         coverage_check.get_calendar(settings.calendar, settings.start)
         source = make_source(settings)
@@ -428,5 +397,10 @@ def main(argv: list[str] | None = None) -> int:
             engine.dispose()
 
 
+def cli() -> int:
+    """The ``mvp-pipeline`` console script (pyproject.toml): ``main`` with user errors as one line."""
+    return run_cli(main)
+
+
 if __name__ == "__main__":
-    raise SystemExit(run_cli(main))
+    raise SystemExit(cli())

@@ -1,7 +1,9 @@
 """The evaluation report: PNG charts (matplotlib, Agg) and one self-contained HTML page embedding them.
 
-:func:`write_report` writes ``equity.png``, ``drawdown.png``, ``weights.png``, ``training.png``, ``metrics.png``
-and ``report.html`` (the same PNGs inlined as base64 data URIs, so the page can be mailed or archived alone).
+:func:`write_report` writes ``equity.png``, ``drawdown.png``, ``weights.png``, ``training.png``, ``metrics.png``,
+``intervals.png`` and ``report.html`` (the same PNGs inlined as base64 data URIs, so the page can be mailed or
+archived alone). The statistics come as the evaluation's JSON document (``evaluation_records.document``); the
+same table and notes are printed by ``evaluate_mvp.py``.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ import datetime as dt
 import html
 import json
 import math
+import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +28,7 @@ from matplotlib.ticker import FuncFormatter, MaxNLocator, PercentFormatter
 
 from metrics import Evaluation
 from run_records import RunRecord
+from settings import ExitCode, UserError
 from tensortrade_risk_module import env_config
 
 COLORS = {"agent": "#111111", "buy_and_hold": "#1f77b4", "monthly_rebalanced": "#2ca02c",
@@ -47,6 +52,9 @@ METRIC_FORMATS = {
     "days_stopped": ("Days stopped", "{:.0f}"),
     "final_net_worth": ("Final net worth", "${:,.0f}"),
 }
+# interval statistic -> (heading, format of the estimate and both bounds)
+INTERVAL_FORMATS = {"sharpe": ("Sharpe", "{:.2f}"), "cagr": ("CAGR", "{:+.1%}"),
+                    "max_drawdown": ("Max drawdown", "{:.1%}")}  # fmt: skip
 SECTIONS = (
     ("equity", "Equity curves", "Cumulative return of every policy over the evaluated sessions, after costs."),
     ("drawdown", "Drawdowns", "Fall from each policy's running peak; the dashed line is the drawdown stop."),
@@ -67,6 +75,63 @@ def format_metrics(metrics: pd.DataFrame) -> pd.DataFrame:
     )
     table.index.name = "policy"
     return table
+
+
+def _num(value: float | None, pattern: str) -> str:
+    return "n/a" if value is None else pattern.format(value)
+
+
+def _p_text(p: float | None) -> str:
+    return "n/a" if p is None else "<0.001" if p < 0.001 else f"{p:.3f}" if p < 0.01 else f"{p:.2f}"
+
+
+def _interval_text(interval: Mapping[str, float | None], pattern: str, scale: float = 1.0) -> str:
+    """The interval as "estimate [low, high]"; "n/a" when undefined, the estimate alone without bounds."""
+    estimate, low, high = (None if v is None else v * scale for v in interval.values())
+    if low is None or high is None:
+        return _num(estimate, pattern)
+    return f"{_num(estimate, pattern)} [{pattern.format(low)}, {pattern.format(high)}]"
+
+
+def format_statistics(doc: Mapping[str, Any]) -> pd.DataFrame:
+    """Per policy: Sharpe, CAGR and max drawdown with their intervals, the PSR, and (baselines) the agent's
+    paired Sharpe and mean daily return differences against it with their intervals and p-values."""
+    rows = {}
+    for policy, entry in doc["policies"].items():
+        row = {head: _interval_text(entry[key], fmt) for key, (head, fmt) in INTERVAL_FORMATS.items()}
+        row["PSR"] = _num(entry["psr"], "{:.2f}")
+        c = doc["comparisons"].get(policy)
+        row["agent - this: Sharpe"] = _interval_text(c["sharpe_difference"], "{:+.2f}") if c else ""
+        row["p (Sharpe)"] = _p_text(c["sharpe_p_value"]) if c else ""
+        row["agent - this: mean bp/day"] = _interval_text(c["mean_difference"], "{:+.1f}", 1e4) if c else ""
+        row["p (mean)"] = _p_text(c["mean_p_value"]) if c else ""
+        rows[LABELS.get(policy, policy)] = row
+    table = pd.DataFrame.from_dict(rows, orient="index")
+    table.index.name = "policy"
+    return table
+
+
+def statistics_notes(doc: Mapping[str, Any]) -> list[str]:
+    """One line for the SPA test and one for the deflated Sharpe ratio, in words."""
+    spa, d = doc["spa"], doc["deflated_sharpe"]
+    lines = []
+    if spa is not None:
+        lines.append(f"SPA test (Hansen 2005), H0 no baseline has a higher mean daily return than the agent: "
+                     f"p = {_p_text(spa['consistent'])} (consistent; lower {_p_text(spa['lower'])}, upper "
+                     f"{_p_text(spa['upper'])}); highest mean: {spa['best_model']}")  # fmt: skip
+    known = len(doc["trials"]["sharpes"])
+    if d["n_trials"] == 1:
+        spread = "one trial: the deflated Sharpe is the PSR"
+    elif d["variance_source"] == "trials":
+        spread = f"their Sharpe s.d. {_num(d['trial_sharpe_std'], '{:.2f}')}, from {known} stored evaluations"
+    else:
+        sessions = doc["period"]["sessions"]
+        spread = f"under 2 trial Sharpe ratios stored: their spread assumed that of noise over {sessions} sessions"
+    trials = f"{d['n_trials']} trial" + ("s" if d["n_trials"] != 1 else "")
+    lines.append(f"deflated Sharpe {_num(d['dsr'], '{:.2f}')}: probability that the agent's true Sharpe (estimate "
+                 f"{_num(d['sharpe'], '{:.2f}')}) exceeds {_num(d['expected_max_sharpe'], '{:.2f}')}, the expected "
+                 f"best of {trials} without skill over these bars ({spread})")  # fmt: skip
+    return lines
 
 
 def _label(policy: str, trace: pd.DataFrame) -> str:
@@ -131,7 +196,7 @@ def weights_figure(weights: pd.DataFrame) -> Figure:
     if len(order) > MAX_STACKED:
         shown["other"] = held[order[MAX_STACKED:]].sum(axis=1)
     shown["cash"] = (1.0 - held.sum(axis=1)).clip(lower=0.0)
-    palette = [c for i, c in enumerate(plt.get_cmap("tab10").colors) if i != 7]  # tab10's gray is for cash
+    palette = [c for i, c in enumerate(matplotlib.color_sequences["tab10"]) if i != 7]  # tab10's gray is for cash
     colors = [*palette[: min(len(order), MAX_STACKED)], *(["#6f6f6f"] if "other" in shown else []), "#dcdcdc"]
     fig, ax = plt.subplots(figsize=(11, 4.5), layout="constrained")
     ax.stackplot(shown.index, shown.T.to_numpy(), labels=list(shown.columns), colors=colors, linewidth=0)
@@ -164,6 +229,36 @@ def training_figure(episodes: pd.DataFrame) -> Figure:
     return fig
 
 
+def intervals_figure(doc: Mapping[str, Any]) -> Figure:
+    """Point estimates with their bootstrap intervals as error bars: Sharpe, CAGR and max drawdown per policy, and
+    the agent's Sharpe difference against each baseline (a bar that does not cross 0 is significant)."""
+    fig, axes = plt.subplots(2, 2, figsize=(11, 6), layout="constrained")
+    panels = [(key, head, [(p, e[key]) for p, e in doc["policies"].items()]) for key, (head, _) in
+              INTERVAL_FORMATS.items()]  # fmt: skip
+    differences = [(p, c["sharpe_difference"]) for p, c in doc["comparisons"].items()]
+    panels.append(("sharpe_difference", "Agent Sharpe minus baseline's", differences))
+    for ax, (key, title, entries) in zip(axes.flat, panels, strict=True):
+        for y, (policy, interval) in enumerate(entries):
+            estimate, low, high = (math.nan if v is None else v for v in interval.values())
+            if math.isnan(estimate):
+                ax.text(0.02, y, "n/a", va="center", transform=ax.get_yaxis_transform(), color="#8c8c8c")
+                continue
+            error = [[estimate - low], [high - estimate]] if not math.isnan(low) else None
+            ax.errorbar(estimate, y, xerr=error, fmt="o", capsize=4, color=COLORS.get(policy, "#111111"))
+        ax.set_yticks(range(len(entries)), [LABELS.get(p, p) for p, _ in entries])
+        ax.set_ylim(-0.6, len(entries) - 0.4)
+        ax.invert_yaxis()
+        ax.axvline(0.0, color="black", linewidth=0.8)
+        ax.grid(True, axis="x", alpha=0.3)
+        if key in ("cagr", "max_drawdown"):
+            ax.xaxis.set_major_formatter(PercentFormatter(1.0))
+        ax.set_title(title)
+    boot = doc["bootstrap"]
+    fig.suptitle(f"Estimates with {boot['level']:.0%} {boot['kind']} block-bootstrap intervals "
+                 f"({boot['reps']} resamples)")  # fmt: skip
+    return fig
+
+
 def metrics_figure(table: pd.DataFrame) -> Figure:
     """The formatted metrics table as an image (for places that cannot show the HTML, e.g. a README)."""
     fig, ax = plt.subplots(figsize=(13, 0.3 * (len(table) + 1) + 0.4))
@@ -178,14 +273,41 @@ def metrics_figure(table: pd.DataFrame) -> Figure:
     return fig
 
 
+def report_folder(path: Path) -> Path:
+    """Create the report folder and check a file can be written in it, before the evaluation does any work.
+
+    :raise UserError: (FILESYSTEM) one line naming the folder and the reason.
+    """
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as exc:
+        raise _unwritable(path, exc) from None
+    return path
+
+
+def _unwritable(path: Path, exc: OSError) -> UserError:
+    reason = exc.strerror or str(exc)
+    return UserError(f"--out-dir {path}: cannot create or write the folder ({reason})", ExitCode.FILESYSTEM)
+
+
 def _save(fig: Figure, path: Path) -> bytes:
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path.read_bytes()
 
 
+def _statistics_section(doc: Mapping[str, Any], img: str) -> str:
+    table = format_statistics(doc).to_html(classes="statistics", border=0, index_names=False)
+    notes = "".join(f"<li>{html.escape(line)}</li>" for line in [*statistics_notes(doc), *doc["verdict"]["details"]])
+    return (f'<section id="statistics"><h2>How sure can we be?</h2><p>Bootstrap intervals, the probabilistic Sharpe '
+            f"ratio (PSR: probability the true Sharpe is above 0) and the agent's paired differences against each "
+            f"baseline (docs/statistics.md).</p>{table}{img}<ul>{notes}</ul></section>")  # fmt: skip
+
+
 def _html_page(run: RunRecord, evaluation: Evaluation, table: pd.DataFrame, images: dict[str, bytes],
-               env_settings: dict[str, Any]) -> str:  # fmt: skip
+               env_settings: dict[str, Any], doc: Mapping[str, Any]) -> str:  # fmt: skip
     def img(name: str) -> str:
         data = base64.b64encode(images[name]).decode("ascii")
         return f'<img src="data:image/png;base64,{data}" alt="{name} chart">'
@@ -195,19 +317,28 @@ def _html_page(run: RunRecord, evaluation: Evaluation, table: pd.DataFrame, imag
         f'<section id="{key}"><h2>{title}</h2><p>{note}</p>{img(key)}</section>' for key, title, note in SECTIONS
     )
     settings = html.escape(json.dumps(env_settings, indent=1, default=str))
-    sessions = int(evaluation.metrics["sessions"].iloc[0])
+    sessions = doc["period"]["sessions"]
+    in_sample = doc["period"]["in_sample"]
+    kind = "In-sample" if in_sample else "Out-of-sample"
+    banner = (f'<p class="in-sample">IN-SAMPLE: the evaluated sessions overlap the training slice {run.slice_start} '
+              f"to {run.slice_end}; the run has seen these days, so nothing here is evidence of an edge.</p>"
+              if in_sample else "")  # fmt: skip
     return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>Evaluation of run {html.escape(run.run_id)}</title>
+<html lang="en"><head><meta charset="utf-8"><title>{kind} evaluation of run {html.escape(run.run_id)}</title>
 <style>body{{font-family:system-ui,sans-serif;max-width:1250px;margin:2em auto;color:#222}}
 table{{border-collapse:collapse;font-size:14px}}th,td{{padding:4px 10px;border-bottom:1px solid #ddd;text-align:right}}
-th:first-child,td:first-child{{text-align:left}}img{{max-width:100%}}p{{color:#555}}</style></head><body>
-<h1>Evaluation of run {html.escape(run.run_id)}</h1>
-<p>Out of sample: {evaluation.start} to {evaluation.end} ({sessions} sessions after the start); training slice
+th:first-child,td:first-child{{text-align:left}}img{{max-width:100%}}p{{color:#555}}
+.verdict{{font-size:17px;color:#111;border-left:5px solid #444;padding:6px 12px;background:#f4f4f4}}
+.in-sample{{color:#a00;font-weight:bold;border:2px solid #a00;padding:6px 12px}}</style></head><body>
+<h1>{kind} evaluation of run {html.escape(run.run_id)}</h1>
+{banner}<p class="verdict" id="verdict">{html.escape(doc["verdict"]["text"])}</p>
+<p>{kind}: {evaluation.start} to {evaluation.end} ({sessions} sessions after the start); training slice
 {run.slice_start} to {run.slice_end}. Symbols: {html.escape(symbols)}.
 Every policy runs in the same environment, with the same costs and execution timing;
 after a drawdown stop a policy sells everything and stays in cash.
 Generated {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC.</p>
 <section id="metrics"><h2>Metrics</h2>{table.to_html(classes="metrics", border=0, index_names=False)}</section>
+{_statistics_section(doc, img("intervals"))}
 {sections}
 <section id="settings"><h2>Environment settings</h2><pre>{settings}</pre></section>
 </body></html>
@@ -215,13 +346,14 @@ Generated {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC.</p>
 
 
 def write_report(out_dir: Path, run: RunRecord, evaluation: Evaluation, episodes: pd.DataFrame,
-                 env_settings: dict[str, Any]) -> Path:  # fmt: skip
+                 env_settings: dict[str, Any], doc: Mapping[str, Any]) -> Path:  # fmt: skip
     """Write the PNGs and ``report.html`` into ``out_dir`` (created); return the HTML path.
 
     :param run: the ``tt_runs`` record; ``episodes``: its ``tt_episodes`` rows; ``env_settings``: the
-        environment settings the evaluation used (shown at the end of the page).
+        environment settings the evaluation used (shown at the end of the page); ``doc``: the evaluation's
+        statistics document (``evaluation_records.document``).
+    :raise UserError: (FILESYSTEM) the folder or a file in it cannot be written (permissions, full disk).
     """
-    out_dir.mkdir(parents=True, exist_ok=True)
     table = format_metrics(evaluation.metrics)
     figures = {
         "equity": equity_figure(evaluation),
@@ -229,11 +361,19 @@ def write_report(out_dir: Path, run: RunRecord, evaluation: Evaluation, episodes
         "weights": weights_figure(evaluation.weights["agent"]),
         "training": training_figure(episodes),
         "metrics": metrics_figure(table),
+        "intervals": intervals_figure(doc),
     }
-    images = {name: _save(fig, out_dir / f"{name}.png") for name, fig in figures.items()}
     path = out_dir / "report.html"
-    # written under a temporary name and renamed, so a reader never sees half a page
-    partial = path.with_suffix(".html.partial")
-    partial.write_text(_html_page(run, evaluation, table, images, env_settings), encoding="utf-8")
-    partial.replace(path)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        images = {name: _save(fig, out_dir / f"{name}.png") for name, fig in figures.items()}
+        # written under a temporary name and renamed, so a reader never sees half a page
+        partial = path.with_suffix(".html.partial")
+        partial.write_text(_html_page(run, evaluation, table, images, env_settings, doc), encoding="utf-8")
+        partial.replace(path)
+    except OSError as exc:
+        raise _unwritable(out_dir, exc) from None
+    finally:
+        for fig in figures.values():
+            plt.close(fig)  # those a failed write left open
     return path

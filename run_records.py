@@ -20,6 +20,7 @@ from typing import Any
 import pandas as pd
 import sqlalchemy as sa
 
+import db_utils
 import tt_schema as tables
 from checkpoints import TrainingState
 from settings import REPO_ROOT, ExitCode, UserError
@@ -51,7 +52,7 @@ class RunRecord:
     error: str | None = None
 
     @classmethod
-    def from_row(cls, row: Mapping[str, Any]) -> RunRecord:
+    def from_row(cls, row: Mapping[Any, Any]) -> RunRecord:
         """The record of a ``tt_runs`` row (a mapping of its columns)."""
         values = {f.name: row[f.name] for f in dataclasses.fields(cls)}
         return cls(**{**values, "symbols": tuple(values["symbols"] or ())})
@@ -61,6 +62,29 @@ def fingerprint(bars: pd.DataFrame) -> str:
     """SHA-256 of the exact bars trained on (order-independent)."""
     ordered = bars.sort_values(["symbol", "date"], ignore_index=True)
     return hashlib.sha256(pd.util.hash_pandas_object(ordered, index=False).to_numpy().tobytes()).hexdigest()
+
+
+def recorded_bars(engine: sa.Engine, record: RunRecord) -> pd.DataFrame:
+    """Exactly the bars ``record``'s run trained on: its symbols and recorded slice, checked against its data
+    fingerprint (bars ingested after the slice are not read).
+
+    :raise UserError: REFUSED when the run recorded no slice, or the bars now stored for it differ (revised or
+        deleted since the run started), with why.
+    """
+    run_id, first, last = record.run_id, record.slice_start, record.slice_end
+    if first is None or last is None or not record.data_fingerprint or not record.symbols:
+        raise UserError(f"run {run_id} recorded no training slice and data fingerprint: it cannot be continued on "
+                        "exactly its data; start a new run", ExitCode.REFUSED)  # fmt: skip
+    bars = db_utils.read_price_bars(engine, list(record.symbols), first, last)
+    now = fingerprint(bars)
+    if now != record.data_fingerprint:
+        raise UserError(
+            f"run {run_id}: the bars stored for its slice ({', '.join(record.symbols)}, {first} .. {last}) changed "
+            f"since it started (data fingerprint {record.data_fingerprint[:12]} recorded, {now[:12]} now: bars revised "
+            "or deleted); continuing would train on other data than the run records - start a new run",
+            ExitCode.REFUSED,
+        )
+    return bars
 
 
 def code_version() -> str | None:
@@ -109,6 +133,28 @@ def new_run(
     return TrainingState(run_id=run_id, folder=folder)
 
 
+def resume_point(engine: sa.Engine, state: TrainingState) -> tuple[RunRecord, TrainingState]:
+    """The checkpoint's run record and the state to continue from; reads only (a refused resume changes nothing).
+
+    :raise UserError: NOT_FOUND when the run is not in this database, REFUSED when the checkpoint is not its latest.
+    """
+    run_id, e, s = state.run_id, tables.episodes, tables.steps
+    with engine.connect() as conn:
+        row = conn.execute(sa.select(tables.runs).where(tables.runs.c.run_id == run_id)).mappings().first()
+        if row is None:
+            raise UserError(f"run {run_id!r} of checkpoint {state.folder} not found in tt_runs of this database "
+                            "(was it trained against another database?)", ExitCode.NOT_FOUND)  # fmt: skip
+        later = conn.execute(sa.select(sa.func.count()).where(
+            e.c.run_id == run_id, e.c.episode >= state.next_episode, e.c.stop_reason != "cut")).scalar()  # fmt: skip
+        if later:
+            raise UserError(f"run {run_id} has {later} episode(s) recorded after this checkpoint; resume from its "
+                            f"latest checkpoint in {state.folder}", ExitCode.REFUSED)  # fmt: skip
+        # Steps a crash left without an episode row count too: mark_resumed closes them as episodes.
+        highest = max(conn.execute(sa.select(sa.func.max(t.c.episode)).where(t.c.run_id == run_id)).scalar() or 0
+                      for t in (e, s))  # fmt: skip
+    return RunRecord.from_row(row), dataclasses.replace(state, next_episode=max(state.next_episode, highest + 1))
+
+
 _ORPHANS = """
 INSERT INTO tt_episodes (run_id, episode, steps, start_date, end_date, reward_sum, max_drawdown, stop_reason)
 SELECT s.run_id, s.episode, count(*), min(s.date), max(s.date), sum(s.reward), max(s.drawdown), 'cut'
@@ -118,22 +164,12 @@ GROUP BY s.run_id, s.episode
 """
 
 
-def resume_run(engine: sa.Engine, state: TrainingState) -> TrainingState:
-    """Continue the checkpoint's run: refuse if it is not the run's latest, close episodes a crash left open."""
-    run_id = state.run_id
-    e = tables.episodes
+def mark_resumed(engine: sa.Engine, run_id: str) -> None:
+    """Mark the run ``running`` again, first closing episodes a crash left open (as ``cut``, from their steps)."""
     with engine.begin() as conn:
-        if conn.execute(sa.select(tables.runs.c.run_id).where(tables.runs.c.run_id == run_id)).first() is None:
-            raise UserError(f"run {run_id!r} of this checkpoint is not in tt_runs of this database", ExitCode.NOT_FOUND)
-        later = conn.execute(sa.select(sa.func.count()).where(
-            e.c.run_id == run_id, e.c.episode >= state.next_episode, e.c.stop_reason != "cut")).scalar()  # fmt: skip
-        if later:
-            raise UserError(f"run {run_id} has {later} episode(s) recorded after this checkpoint; resume from its "
-                            f"latest checkpoint in {state.folder}", ExitCode.REFUSED)  # fmt: skip
         conn.execute(sa.text(_ORPHANS), {"run": run_id})
-        highest = conn.execute(sa.select(sa.func.max(e.c.episode)).where(e.c.run_id == run_id)).scalar() or 0
-        conn.execute(tables.runs.update().where(tables.runs.c.run_id == run_id).values(status="running", error=None))
-    return dataclasses.replace(state, next_episode=max(state.next_episode, highest + 1))
+        conn.execute(tables.runs.update().where(tables.runs.c.run_id == run_id)
+                     .values(status="running", error=None, finished_at=None))  # fmt: skip
 
 
 def find_run(engine: sa.Engine, run: str, *, finished_only: bool = False) -> RunRecord:

@@ -5,9 +5,9 @@ writer thread turns them into batches (``COPY`` on PostgreSQL, one ``executemany
 round trips overlap with the policy's torch work. When the database fails with a connection-type error the
 batches stay in memory, in order, and are retried with a growing pause; training never waits for the database.
 Rows still unwritten when the logger closes (or beyond ``max_pending_rows`` during a long outage) are appended
-to a JSON-lines fallback file, which :func:`load_fallback` (``python train_mvp.py --load-steps FILE``) writes
-later. Every write is idempotent (``ON CONFLICT DO NOTHING`` / upsert), so a batch whose commit was lost in
-flight, or a file loaded twice, never duplicates a row.
+to a JSON-lines fallback file, which :func:`step_fallback.load_fallback` (``python train_mvp.py --load-steps
+FILE``) writes later. Every write is idempotent (``ON CONFLICT DO NOTHING`` / upsert), so a batch whose commit
+was lost in flight, or a file loaded twice, never duplicates a row.
 """
 
 from __future__ import annotations
@@ -26,9 +26,11 @@ from typing import Any
 
 import numpy as np
 import sqlalchemy as sa
+from numpy.typing import ArrayLike
 
 import tt_schema as tables
 from db_utils import dbapi_cursor, upsert_rows
+from settings import scrub_secrets
 
 STEP_SCALARS = ("reward", "net_worth", "cash", "drawdown", "turnover", "fees")
 STEP_COLUMNS = ("run_id", "episode", "step", "date", "action", "target_weights", *STEP_SCALARS)
@@ -46,6 +48,7 @@ class LoggerReport:
     retries: int = 0
     unwritten_steps: int = 0
     fallback_file: Path | None = None
+    lost_steps: int = 0  # step rows neither stored nor saved (the fallback file could not be written)
     errors: list[str] = dataclasses.field(default_factory=list)  # the first and the latest error only
     error_count: int = 0
 
@@ -136,7 +139,8 @@ def _raw_cursor(engine: sa.Engine) -> Iterator[Any]:
         raise sa.exc.DBAPIError.instance(None, None, exc, dbapi_error) from exc
 
 
-def _write_item(engine: sa.Engine, item: dict[str, Any]) -> None:
+def write_item(engine: sa.Engine, item: dict[str, Any]) -> None:
+    """Store one queued item (``kind`` steps, episodes or run) in its own transaction."""
     kind = item["kind"]
     if kind == "steps":
         write_steps(engine, item["run_id"], item["chunk"])
@@ -148,7 +152,8 @@ def _write_item(engine: sa.Engine, item: dict[str, Any]) -> None:
             conn.execute(tables.runs.update().where(tables.runs.c.run_id == item["run_id"]).values(**item["values"]))
 
 
-def _item_rows(item: dict[str, Any]) -> int:
+def item_rows(item: dict[str, Any]) -> int:
+    """Step rows in an item (0 for episode rows and run updates)."""
     return len(item["chunk"]["step"]) if item["kind"] == "steps" else 0
 
 
@@ -180,39 +185,6 @@ def append_fallback(path: Path, items: Iterable[dict[str, Any]]) -> None:
             handle.write(json.dumps(record) + "\n")
 
 
-def _restore(record: dict[str, Any]) -> dict[str, Any]:
-    if record["kind"] == "steps":
-        record["chunk"] = {k: np.asarray(v) for k, v in record["chunk"].items()}
-    dated = {"start_date", "end_date", "slice_start", "slice_end"}
-    stamped = {"finished_at", "started_at"}
-    for row in record.get("rows", []) + ([record["values"]] if "values" in record else []):
-        for key in dated & row.keys():
-            row[key] = dt.date.fromisoformat(row[key]) if row[key] else None
-        for key in stamped & row.keys():
-            row[key] = dt.datetime.fromisoformat(row[key]) if row[key] else None
-    return record
-
-
-def load_fallback(engine: sa.Engine, path: Path) -> tuple[int, int]:
-    """Write a fallback file's items in order (idempotent: safe to run twice).
-
-    :return: (step rows, episode rows) in the file.
-    """
-    steps = episodes = 0
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                item = _restore(json.loads(line))
-            except (json.JSONDecodeError, KeyError, ValueError) as exc:
-                raise ValueError(f"{path}, line {number}: not a step-log record ({exc})") from None
-            _write_item(engine, item)
-            steps += _item_rows(item)
-            episodes += len(item.get("rows", []))
-    return steps, episodes
-
-
 # ------------------------------------------------------------------------------------------------ the logger
 
 
@@ -228,7 +200,7 @@ class StepLogger:
         batch_rows: int = 4096,
         max_pending_rows: int = 1_000_000,
         retry_pause: tuple[float, float] = (0.5, 30.0),
-        announce: Callable[[str], None] = print,
+        announce: Callable[[str], object] = print,
     ) -> None:
         """:param fallback_path: JSON-lines file for rows the database did not take (created only if needed).
         :param batch_rows: step rows per batch handed to the writer.
@@ -254,7 +226,7 @@ class StepLogger:
         self._thread.start()
 
     # --- caller side (hot path: no formatting, no I/O)
-    def add_steps(self, episode: np.ndarray, step: np.ndarray, dates: np.ndarray, **arrays: np.ndarray) -> None:
+    def add_steps(self, episode: ArrayLike, step: ArrayLike, dates: ArrayLike, **arrays: ArrayLike) -> None:
         """Record one step of every environment: arrays of length B (``action, target_weights`` are (B, N)).
 
         :param arrays: ``action``, ``target_weights`` and each of :data:`STEP_SCALARS`.
@@ -319,9 +291,15 @@ class StepLogger:
 
     # --- writer thread
     def _spill(self, items: list[dict[str, Any]]) -> None:
-        append_fallback(self.fallback_path, items)
+        rows = sum(item_rows(i) for i in items)
+        try:
+            append_fallback(self.fallback_path, items)
+        except OSError as exc:  # full or unwritable --log-dir: count the loss instead of killing the writer
+            self.report.lost_steps += rows
+            self.report.add_error(f"cannot write the fallback file {self.fallback_path}: {exc.strerror or exc}")
+            return
         self.report.fallback_file = self.fallback_path
-        self.report.unwritten_steps += sum(_item_rows(i) for i in items)
+        self.report.unwritten_steps += rows
 
     def _take(self, deadline: float | None) -> bool:
         """Move queued items to the pending list, first waiting for one until ``deadline`` (monotonic; None: no
@@ -338,7 +316,7 @@ class StepLogger:
                     self._flushes.append(item["done"])
                 else:
                     self._pending.append(item)
-                    self._pending_rows += _item_rows(item)
+                    self._pending_rows += item_rows(item)
             self._lock.notify_all()
         return running
 
@@ -369,41 +347,46 @@ class StepLogger:
         """Write pending items in order; True when all are stored (or were unwritable and went to the file)."""
         while (item := next(iter(self._pending), None)) is not None:  # close() may empty the list meanwhile
             try:
-                _write_item(self.engine, item)
+                write_item(self.engine, item)
             except RETRIABLE as exc:
                 self.report.retries += 1
                 if self.report.retries == 1 or not self.report.errors:
-                    self.announce(f"step log: database unavailable, keeping rows and retrying: {_first_line(exc)}")
-                self.report.add_error(_first_line(exc))
+                    self.announce(f"step log: database unavailable, keeping rows and retrying: {self._text(exc)}")
+                self.report.add_error(self._text(exc))
                 return False
             except sa.exc.SQLAlchemyError as exc:  # not an outage: retrying cannot help, keep the rows
-                self.report.add_error(_first_line(exc))
+                self.report.add_error(self._text(exc))
                 self.announce(
-                    f"step log: batch rejected by the database, saved to {self.fallback_path}: {_first_line(exc)}"
+                    f"step log: batch rejected by the database, saved to {self.fallback_path}: {self._text(exc)}"
                 )
                 with self._lock:
                     self._spill([item])
             else:
                 if item["kind"] == "steps":
-                    self.report.steps_written += _item_rows(item)
+                    self.report.steps_written += item_rows(item)
                 self.report.episodes_written += len(item.get("rows", []))
             with self._lock:
                 if self._pending and self._pending[0] is item:
                     self._pending.popleft()
-                    self._pending_rows -= _item_rows(item)
+                    self._pending_rows -= item_rows(item)
         return True
+
+    def _text(self, exc: BaseException) -> str:
+        """The error's first line, without the database password (a driver may echo parts of the URL)."""
+        return scrub_secrets(first_line(exc), self.engine.url.render_as_string(hide_password=False))
 
     def _limit_memory(self) -> None:
         with self._lock:
             spilled = []
             while self._pending_rows > self.max_pending_rows and len(self._pending) > 1:
                 item = self._pending.popleft()
-                self._pending_rows -= _item_rows(item)
+                self._pending_rows -= item_rows(item)
                 spilled.append(item)
             if spilled:
                 self._spill(spilled)
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
+    """The first line of a (database) error's text, for one-line messages."""
     text = str(getattr(exc, "orig", None) or exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__

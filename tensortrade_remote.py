@@ -19,7 +19,7 @@ import subprocess
 import tempfile
 import weakref
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, cast
 
 import gymnasium as gym
 import numpy as np
@@ -87,12 +87,13 @@ class _Worker:
         finally:
             os.close(write)
         self.replies: IO[bytes] = os.fdopen(read, "rb")
+        self.requests = cast(IO[bytes], self.process.stdin)  # stdin=PIPE: never None
 
     def send(self, *command: Any) -> None:
         """Send one command; a worker that is gone raises its failure."""
         try:
-            _Pickler(self.process.stdin, protocol=5).dump(command)
-            self.process.stdin.flush()
+            _Pickler(self.requests, protocol=5).dump(command)
+            self.requests.flush()
         except (BrokenPipeError, ValueError):  # ValueError: the pipe was closed by close()
             raise self.failure() from None
 
@@ -125,7 +126,7 @@ def _stop(workers: list[_Worker]) -> None:
     """Close the workers' pipes (they exit on end of input), then terminate, then kill the stragglers."""
     for worker in workers:
         with contextlib.suppress(OSError):
-            worker.process.stdin.close()
+            worker.requests.close()
         worker.replies.close()
     for worker in workers:
         for end in (None, worker.process.terminate, worker.process.kill):
@@ -139,7 +140,8 @@ def _stop(workers: list[_Worker]) -> None:
 
 def _box(shape: tuple[int, ...], dtype: str, low: list, high: list) -> gym.spaces.Box:
     """The Box a worker described as plain values."""
-    return gym.spaces.Box(np.array(low, dtype).reshape(shape), np.array(high, dtype).reshape(shape), shape, dtype)
+    kind = np.dtype(dtype)
+    return gym.spaces.Box(np.array(low, kind).reshape(shape), np.array(high, kind).reshape(shape), shape, kind)
 
 
 class RemoteVecEnv(SharedVecEnv):
@@ -168,9 +170,10 @@ class RemoteVecEnv(SharedVecEnv):
         except BaseException:
             self.close()
             raise
-        super().__init__(n_envs, _box(*spaces[0]), _box(*spaces[1]))
+        action_space = _box(*spaces[1])
+        super().__init__(n_envs, _box(*spaces[0]), action_space)
         self._shape, self._dtype = self.observation_space.shape, self.observation_space.dtype
-        self._actions = np.zeros((n_envs, *self.action_space.shape))
+        self._actions = np.zeros((n_envs, *action_space.shape))
         self.last_step: dict[str, np.ndarray] = {}
 
     def _obs(self, raw: bytes) -> np.ndarray:
@@ -195,7 +198,7 @@ class RemoteVecEnv(SharedVecEnv):
 
     def step_wait(self) -> VecEnvStepReturn:
         """Collect every worker's step; a finished copy comes back already reset."""
-        obs, rewards, terminated, truncated, infos = [], [], [], [], []
+        obs, rewards, terms, truncs, infos = [], [], [], [], []
         for worker in self.workers:
             raw, reward, term, trunc, info, restart = worker.receive()
             info = _arrays(info)
@@ -205,10 +208,10 @@ class RemoteVecEnv(SharedVecEnv):
                 raw = restart
             obs.append(self._obs(raw))
             rewards.append(reward)
-            terminated.append(term)
-            truncated.append(trunc)
+            terms.append(term)
+            truncs.append(trunc)
             infos.append(info)
-        terminated, truncated = np.array(terminated), np.array(truncated)
+        terminated, truncated = np.array(terms), np.array(truncs)
         self.last_step = {
             "t": np.array([self._index[info["date"]] for info in infos]), "reward": np.array(rewards)[:, None],
             **{key: np.array([[info[key]] for info in infos]) for key in RECORD_KEYS},

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+from collections.abc import Callable
 from typing import Any, Literal
 
 import gymnasium as gym
@@ -370,8 +371,9 @@ class Informer:
 
     def info(self, step: dict[str, Any]) -> dict[str, Any]:
         """Info of a single environment from its step arrays (``(1,)`` scalars, ``(N,)`` vectors)."""
-        scalars = [float(step[key][0]) for key in self.KEYS]
-        return self.record(step["t"], *scalars, step["weights"], step["target_weights"])
+        net_worth, cash, turnover, fees, drawdown, reward = (float(step[key][0]) for key in self.KEYS)
+        return self.record(step["t"], net_worth, cash, turnover, fees, drawdown, reward, step["weights"],
+                           step["target_weights"])  # fmt: skip
 
     def record(
         self, t: int, net_worth: float, cash: float, turnover: float, fees: float, drawdown: float, reward: float,
@@ -390,7 +392,7 @@ class Informer:
         return self.record(t, s[c.NET_WORTH], s[c.CASH], s[c.TURNOVER], s[c.FEES], s[c.DRAWDOWN], s[c.REWARD],
                            weights, targets)  # fmt: skip
 
-    def infos(self, t: np.ndarray, state: np.ndarray, weights: np.ndarray, targets: np.ndarray) -> list[dict]:
+    def infos(self, t: np.ndarray, state: np.ndarray, weights: np.ndarray, targets: np.ndarray) -> list[LazyInfo]:
         """Infos of a batch, one :class:`LazyInfo` per environment over these (never rewritten) step arrays."""
         source = functools.partial(self._row, t, state, weights, targets)
         infos = []
@@ -414,6 +416,8 @@ class LazyInfo(dict):
     """
 
     __slots__ = ("row", "source")
+    row: int
+    source: Callable[[int], dict[str, Any]] | None
 
     def fill(self) -> LazyInfo:
         """Fill the record keys now (once); returns self."""

@@ -200,4 +200,4 @@ def make_env(bars: pd.DataFrame | Market, **config: Any) -> TradingEnv:
 
 
 if ENV_ID not in gym.registry:
-    gym.register(ENV_ID, entry_point=make_env)
+    gym.register(ENV_ID, entry_point=f"{__name__}:make_env")  # "module:function", as gymnasium documents

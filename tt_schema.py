@@ -209,8 +209,54 @@ def _add_missing_columns(conn: sa.Connection) -> list[str]:
     return added
 
 
+class SchemaRefused(Exception):
+    """The live database cannot be brought to this schema without a decision only its owner can make."""
+
+
+def _keyless_tables(conn: sa.Connection, present: list[sa.Table]) -> list[sa.Table]:
+    """Tables that exist without their primary key (nor a unique index on its columns): created by hand or by a
+    release before keys, every upsert into them fails."""
+    inspector = sa.inspect(conn)
+    live = inspector.get_multi_pk_constraint(filter_names=[t.name for t in present])
+    keyless = []
+    for table in present:
+        wanted = [c.name for c in table.primary_key]
+        key = live.get((None, table.name))
+        if not wanted or (key and key["constrained_columns"]):
+            continue
+        indexes = inspector.get_indexes(table.name) + inspector.get_unique_constraints(table.name)
+        if not any(i.get("unique", True) and i["column_names"] == wanted for i in indexes):
+            keyless.append(table)
+    return keyless
+
+
+def _add_primary_key(conn: sa.Connection, table: sa.Table) -> str:
+    """Add ``table``'s key (PostgreSQL: the primary key; SQLite, which cannot add one: a unique index, which upserts
+    use alike). :raise SchemaRefused: when rows break it (duplicates or nulls), naming how many and a few."""
+    columns = [c.name for c in table.primary_key]
+    keys = ", ".join(columns)
+    clashes = conn.execute(sa.text(
+        f"SELECT {keys}, count(*) AS n FROM {table.name} GROUP BY {keys} "
+        f"HAVING count(*) > 1 OR {' OR '.join(f'{c} IS NULL' for c in columns)} ORDER BY n DESC LIMIT 6"
+    )).all()  # fmt: skip
+    if clashes:
+        shown = "; ".join(f"{', '.join(map(str, row[:-1]))} x{row[-1]}" for row in clashes[:5])
+        raise SchemaRefused(
+            f"{table.name} has no primary key ({keys}) and cannot get one: rows share a key or lack one (e.g. "
+            f"{shown}{' ...' if len(clashes) > 5 else ''}). Delete the extra copies, then run again"
+        )
+    if conn.dialect.name == "postgresql":
+        conn.execute(sa.text(f"ALTER TABLE {table.name} ADD PRIMARY KEY ({keys})"))
+    else:
+        conn.execute(sa.text(f"CREATE UNIQUE INDEX {table.name}_key ON {table.name} ({keys})"))
+    return f"added the key of {table.name} ({keys})"
+
+
 def ensure_schema(engine: sa.Engine) -> list[str]:
-    """Create or upgrade the schema in place, in one transaction; return what changed (empty when nothing did)."""
+    """Create or upgrade the schema in place, in one transaction; return what changed (empty when nothing did).
+
+    :raise SchemaRefused: (nothing changed) when a table without its primary key has rows that break it.
+    """
     with engine.begin() as conn:
         if conn.dialect.name == "postgresql":
             # Serialize concurrent first runs (cron + a manual run) on the same database.
@@ -218,11 +264,13 @@ def ensure_schema(engine: sa.Engine) -> list[str]:
         before = current_version(conn)
         inspector = sa.inspect(conn)
         missing = [t for t in metadata.sorted_tables if not inspector.has_table(t.name)]
-        if before == SCHEMA_VERSION and not missing:
+        keyless = _keyless_tables(conn, [t for t in metadata.sorted_tables if t not in missing])
+        if before == SCHEMA_VERSION and not missing and not keyless:
             return []
         metadata.create_all(conn, tables=missing)
         changes = [f"created table {t.name}" for t in missing]
         changes += [f"added column {c}" for c in _add_missing_columns(conn)]
+        changes += [_add_primary_key(conn, t) for t in keyless]
         for version in range(before + 1, SCHEMA_VERSION + 1):
             if version in UPGRADE_STEPS:
                 UPGRADE_STEPS[version](conn)

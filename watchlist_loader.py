@@ -279,8 +279,8 @@ def frame_source(bars: pd.DataFrame, overlap_sessions: int, label: str) -> Fetch
             a, b = spans[entry.symbol]
             nat = a + int(np.searchsorted(np.isnat(dates[a:b]), True))  # NaT sorts last
             lo = _fetch_from(start, since.get(entry.symbol), overlap_sessions)
-            first, last = (a + np.searchsorted(dates[a:nat], np.datetime64(d), side) for d, side in
-                           ((lo, "left"), (end, "right")))  # fmt: skip
+            first = a + np.searchsorted(dates[a:nat], np.datetime64(lo), "left")
+            last = a + np.searchsorted(dates[a:nat], np.datetime64(end), "right")
             part = bars.iloc[np.r_[first:last, nat:b]]
             meta = {} if entry.symbol in since or a == nat else {"first_available_date": pd.Timestamp(dates[a]).date()}
             status = FetchStatus.STORED if len(part) else FetchStatus.NO_DATA

@@ -20,8 +20,6 @@ from pathlib import Path
 import gymnasium as gym
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 from market import build_market, synthetic_bars
 from tensortrade_risk_module import EnvConfig
 from trading_env import make_env
@@ -34,18 +32,18 @@ class MinimalEnv(gym.Env):
     """The baseline: target weights in, fee and log return out, observation = today's returns."""
 
     def __init__(self, close: np.ndarray) -> None:
-        self.close, self.ret = close, np.vstack([np.zeros(close.shape[1]), np.diff(np.log(close), axis=0)])
+        self.prices, self.ret = close, np.vstack([np.zeros(close.shape[1]), np.diff(np.log(close), axis=0)])
         n = close.shape[1]
         self.observation_space = gym.spaces.Box(-1e9, 1e9, (n,), np.float32)
         self.action_space = gym.spaces.Box(0.0, 1.0, (n,), np.float32)
 
     def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
         super().reset(seed=seed)
-        self.t, self.cash, self.q = 0, 1e5, np.zeros(self.close.shape[1])
+        self.t, self.cash, self.q = 0, 1e5, np.zeros(self.prices.shape[1])
         return self.ret[0].astype(np.float32), {}
 
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict]:
-        p = self.close[self.t]
+        p = self.prices[self.t]
         nw = self.cash + self.q @ p
         w = np.maximum(action, 0.0)
         w = w / max(w.sum(), 1.0)
@@ -54,8 +52,8 @@ class MinimalEnv(gym.Env):
         self.cash = nw - new_q @ p - fee
         self.q = new_q
         self.t += 1
-        reward = float(np.log((self.cash + self.q @ self.close[self.t]) / nw))
-        return self.ret[self.t].astype(np.float32), reward, False, self.t >= len(self.close) - 1, {}
+        reward = float(np.log((self.cash + self.q @ self.prices[self.t]) / nw))
+        return self.ret[self.t].astype(np.float32), reward, False, self.t >= len(self.prices) - 1, {}
 
 
 class NoOpEnv(gym.Env):

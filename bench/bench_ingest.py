@@ -48,7 +48,7 @@ def pipeline_run(url: str, watchlist: Path, log_dir: Path) -> tuple[float, dict,
     wall = time.perf_counter() - started
     engine = db_utils.make_engine(url)
     with engine.connect() as conn:
-        timings = conn.execute(sa.text("SELECT timings FROM tt_ingest_runs ORDER BY run_id DESC LIMIT 1")).scalar()
+        timings = conn.execute(sa.text("SELECT timings FROM tt_ingest_runs ORDER BY run_id DESC LIMIT 1")).scalar_one()
     engine.dispose()
     if done.returncode != 0:
         print(done.stdout[-2000:], done.stderr[-2000:], sep="\n")

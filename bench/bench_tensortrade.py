@@ -12,11 +12,9 @@ import sys
 import time
 from collections.abc import Callable
 from functools import partial
-from pathlib import Path
 
+import gymnasium as gym
 import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from market import build_market, synthetic_bars
 from settings import UserError
@@ -26,7 +24,7 @@ from trading_env import make_env
 STEPS = {"native": 20_000, "tensortrade": 1_500}
 
 
-def steps_per_second(make: Callable[[], object], steps: int, n_assets: int) -> tuple[float, float]:
+def steps_per_second(make: Callable[[], gym.Env], steps: int, n_assets: int) -> tuple[float, float]:
     """(steps/s over ``steps`` random-action steps with resets at episode ends, seconds to build + reset)."""
     rng = np.random.default_rng(0)
     actions = rng.uniform(-1.0, 1.0, (steps, n_assets)).astype(np.float32)

@@ -60,7 +60,7 @@ def one_run(url: str, folder: Path, symbols: str, step_log: bool) -> dict[str, f
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
             assert train_mvp.main(flags) == 0
     finally:
-        train_mvp.run_training, trading_vec_env.VecTradingEnv.step_wait = ORIGINAL_TRAINING, ORIGINAL_STEP
+        train_mvp.run_training, trading_vec_env.VecTradingEnv.step_wait = ORIGINAL_TRAINING, ORIGINAL_STEP  # type: ignore[method-assign]
     engine = db_utils.make_engine(url)
     with engine.connect() as conn:
         steps, logged = conn.execute(sa.text(

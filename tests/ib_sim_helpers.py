@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from ib_gateway_sim import SimConfig, SimThread
 from ibkr_pacing import IbSettings
 from ibkr_source import fetch_price_history_ibkr
+from tools.ib_gateway_sim import SimConfig, SimThread
 from watchlist_loader import SymbolFetch, WatchlistEntry
 
 REPO = Path(__file__).resolve().parent.parent

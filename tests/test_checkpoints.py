@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import zipfile
 from pathlib import Path
 
 import pytest
 
-from checkpoints import FINAL, TrainingState, read_checkpoint, save_checkpoint
+from checkpoints import FINAL, TrainingState, load_model, read_checkpoint, save_checkpoint
 from settings import ExitCode, UserError
 
 # final.json as train_mvp.py wrote it before the state became a dataclass (keys in that order)
@@ -53,7 +55,7 @@ def test_saved_state_has_the_old_keys_and_reads_back(tmp_path: Path) -> None:
 
 
 def test_only_the_latest_episode_checkpoints_are_kept(tmp_path: Path) -> None:
-    state = TrainingState("run-1", tmp_path)
+    state = TrainingState("run-1", tmp_path, settings={"seed": 7})
     for episode in range(1, 6):
         save_checkpoint(FakeModel(), state, f"episode_{episode:05d}", keep=2)
     save_checkpoint(FakeModel(), state, FINAL, keep=2)
@@ -64,10 +66,65 @@ def test_only_the_latest_episode_checkpoints_are_kept(tmp_path: Path) -> None:
     assert read_checkpoint(tmp_path / "episode_00005.zip")[0] == state
 
 
-@pytest.mark.parametrize("text", ['{"run_id": "x"', '{"run_id": "x", "folder": "f"}', "[1, 2]"])
+NO_SETTINGS = '{"run_id": "x", "folder": "f", "next_episode": 2, "episodes_done": 1, "total_steps": 80'
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"run_id": "x"',
+        '{"run_id": "x", "folder": "f"}',
+        "[1, 2]",
+        NO_SETTINGS + "}",
+        NO_SETTINGS + ', "settings": {}}',
+    ],
+)
 def test_a_broken_state_file_is_a_usage_error(tmp_path: Path, text: str) -> None:
     (tmp_path / "final.json").write_text(text)
     (tmp_path / "final.zip").write_bytes(b"zip")
     with pytest.raises(UserError) as err:
         read_checkpoint(tmp_path / "final.json")
     assert err.value.exit_code == ExitCode.USAGE and "final.json" in str(err.value)
+
+
+class FullDisk:
+    """A model whose save writes part of the file, then fails as on a full disk."""
+
+    def save(self, path: Path) -> None:
+        path.write_bytes(b"PK")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_a_full_disk_leaves_the_previous_checkpoint_whole(tmp_path: Path) -> None:
+    state = TrainingState("run-1", tmp_path, settings={"seed": 7})
+    save_checkpoint(FakeModel(), state, FINAL, keep=3)
+    with pytest.raises(UserError) as err:
+        save_checkpoint(FullDisk(), TrainingState("run-1", tmp_path, 9, 8, 640, {"seed": 7}), FINAL, keep=3)
+    assert err.value.exit_code == ExitCode.FILESYSTEM and "No space left on device" in str(err.value)
+    assert "--checkpoint-dir" in str(err.value) and str(tmp_path) in str(err.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["final.json", "final.zip"]  # no temporary files left
+    assert read_checkpoint(tmp_path)[0] == state and (tmp_path / "final.zip").read_bytes() == b"zip"
+
+
+def test_an_unwritable_folder_is_a_filesystem_error(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("not a folder")
+    with pytest.raises(UserError) as err:
+        save_checkpoint(FakeModel(), TrainingState("run-1", tmp_path / "file" / "run-1"), FINAL, keep=3)
+    assert err.value.exit_code == ExitCode.FILESYSTEM and "Not a directory" in str(err.value)
+
+
+@pytest.mark.parametrize("content", [b"", b"garbage", b"PK\x03\x04truncated"])
+def test_a_corrupt_model_file_is_one_usage_error(tmp_path: Path, content: bytes) -> None:
+    (tmp_path / "final.zip").write_bytes(content)
+    with pytest.raises(UserError) as err:
+        load_model(tmp_path / "final.zip")
+    assert err.value.exit_code == ExitCode.USAGE and "not a readable model" in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_a_model_zip_without_the_model_is_one_usage_error(tmp_path: Path) -> None:
+    with zipfile.ZipFile(tmp_path / "final.zip", "w") as archive:
+        archive.writestr("data", "{}")
+    with pytest.raises(UserError) as err:
+        load_model(tmp_path / "final.zip")
+    assert err.value.exit_code == ExitCode.USAGE and "final.zip" in str(err.value)

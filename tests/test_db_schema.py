@@ -95,6 +95,13 @@ def test_postgres_urls_as_users_write_them_use_psycopg2() -> None:
         assert db_utils.make_engine(url).dialect.driver == "psycopg2"
 
 
+def test_a_raw_at_in_the_password_stays_in_the_password() -> None:
+    for written in ("postgresql://u:pa@ss@db.example:5432/tt", "postgres://u:pa%40ss@db.example:5432/tt"):
+        url = sa.make_url(db_utils.normalize_url(written))
+        assert (url.drivername, url.username, url.password) == ("postgresql+psycopg2", "u", "pa@ss")
+        assert (url.host, url.port, url.database) == ("db.example", 5432, "tt")
+
+
 @pytest.mark.postgres
 @pytest.mark.parametrize(
     ("suffix", "code", "words"),
@@ -189,7 +196,7 @@ def test_load_training_bars_leaves_flagged_symbols_out_by_default(engine: sa.Eng
     assert everything.symbols == ("SPY", "TLT")
     assert len(features.compute_basic_features(everything.bars)) == len(everything.bars)
     with engine.connect() as conn:
-        assert conn.execute(sa.text("SELECT count(*) FROM tt_prices WHERE symbol = 'TLT'")).scalar() > 0
+        assert conn.execute(sa.text("SELECT count(*) FROM tt_prices WHERE symbol = 'TLT'")).scalar_one() > 0
 
 
 @pytest.mark.postgres

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ from market import Market, build_market, synthetic_bars
 from tensortrade_risk_module import EnvConfig, mark_to_market, rebalance
 from trading_env import make_env
 
-SMALL = {"window_size": 5, "vol_windows": (5, 10), "vol_window": 5, "warmup": 10, "cov_window": 10}
+SMALL: dict[str, Any] = {"window_size": 5, "vol_windows": (5, 10), "vol_window": 5, "warmup": 10, "cov_window": 10}
 
 
 @functools.cache

@@ -1,22 +1,27 @@
-"""Baselines hold the weights they claim; the slice starts where asked; a drawdown stop liquidates and holds."""
+"""Baselines hold the weights they claim; the slice starts where asked; a drawdown stop liquidates and holds; what
+counts as in-sample; the daily returns the statistics use."""
 
 from __future__ import annotations
 
 import datetime as dt
 import functools
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import pytest
 
 import evaluate_mvp as ev
+import metrics
+from evaluation_records import daily_returns, overlaps_training
 from market import Market, build_market, synthetic_bars
 from metrics import policy_metrics
+from run_records import RunRecord
 from settings import ExitCode, UserError
 from tensortrade_risk_module import EnvConfig
 from trading_env import make_env
 
-SMALL = {"window_size": 5, "vol_windows": (5, 10), "vol_window": 5, "warmup": 10, "cov_window": 10}
+SMALL: dict[str, Any] = {"window_size": 5, "vol_windows": (5, 10), "vol_window": 5, "warmup": 10, "cov_window": 10}
 N_ASSETS = 3
 
 
@@ -111,3 +116,30 @@ def test_evaluate_policies_gives_one_metrics_row_per_policy() -> None:
     assert list(evaluation.metrics.index) == ["cash", "buy_and_hold", "monthly_rebalanced", "inverse_vol"]
     assert evaluation.start == dt.date(2000, 1, 17)  # first_decision = 10 sessions after 2000-01-03
     assert evaluation.metrics.loc["cash", "total_return"] == 0.0
+
+
+@pytest.mark.parametrize(
+    ("start", "end", "overlaps"),
+    [
+        ("2000-07-01", "2000-09-01", False),  # the default: the day after the training slice
+        ("2000-06-30", "2000-09-01", True),  # its last day
+        ("1999-01-01", "2000-01-02", False),  # wholly before it
+        ("1999-01-01", "2000-01-03", True),  # its first day
+        ("2000-03-01", "2000-04-01", True),  # inside it
+    ],
+)
+def test_overlap_with_the_training_slice(start: str, end: str, overlaps: bool) -> None:
+    run = RunRecord("r", "finished", dt.datetime(2000, 7, 1), slice_start=dt.date(2000, 1, 3),
+                    slice_end=dt.date(2000, 6, 30))  # fmt: skip
+    first, last = dt.date.fromisoformat(start), dt.date.fromisoformat(end)
+    assert overlaps_training(run, first, last) is overlaps
+    unknown_start = RunRecord("r", "finished", dt.datetime(2000, 7, 1), slice_end=dt.date(2000, 6, 30))
+    assert overlaps_training(unknown_start, first, last) is (first <= dt.date(2000, 6, 30))  # open to the past
+
+
+def test_daily_returns_are_the_metrics_returns() -> None:
+    trace, _ = run("buy_and_hold")
+    returns = daily_returns(trace)
+    assert len(returns) == len(trace) - 1
+    assert policy_metrics(trace)["sharpe"] == pytest.approx(metrics.sharpe(returns), rel=1e-12)
+    assert np.prod(1.0 + returns) == pytest.approx(trace["net_worth"].iloc[-1] / trace["net_worth"].iloc[0])

@@ -27,13 +27,13 @@ def test_ib_settings_refuse_values_ibkr_does_not_allow(fields: dict[str, float],
 def test_throttle_rules_with_an_injected_clock() -> None:
     rules = PacingRules()
     strict = Throttle(rules, strict=True, max_in_flight=50)
-    strict.log.extend((0.0, ("req", i), "C") for i in range(5))
+    strict.log.extend([0.0, ("req", i), "C"] for i in range(5))
     # each window gets a safety margin of max(2 %, 50 ms): the gateway times requests on arrival
     assert strict.delay(("req", 99), "C", 1.0) == pytest.approx(2.05 - 1.0)  # 6th for one contract within 2 s
     assert strict.delay(("req", 99), "other", 1.0) == 0.0
     assert strict.delay(("req", 0), "other", 1.0) == pytest.approx(15.3 - 1.0)  # identical within 15 s
     strict.log.clear()
-    strict.log.extend((float(i), ("req", i), f"C{i}") for i in range(60))
+    strict.log.extend([float(i), ("req", i), f"C{i}"] for i in range(60))
     assert strict.delay("new", "new", 100.0) == pytest.approx(612.0 - 100.0)  # 61st within 10 minutes
     soft = Throttle(rules, strict=False, max_in_flight=4)
     soft.log.extend(strict.log)

@@ -14,9 +14,9 @@ import sqlalchemy as sa
 import db_utils
 import mvp_pipeline
 import tt_schema as tables
-from ib_gateway_sim import SimProcess
 from ib_sim_helpers import SCALE, SimThread, read_csv, set_today, start_sim
 from settings import ExitCode, run_cli
+from tools.ib_gateway_sim import SimProcess
 
 D = dt.date
 WATCHLIST = Path(mvp_pipeline.__file__).resolve().parent / "tensorwatchlist.csv"

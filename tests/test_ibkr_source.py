@@ -66,7 +66,8 @@ def test_full_history_in_year_chunks_equals_served_csv(sim, sample) -> None:
         assert_same_bars(r.bars, expected(sample, symbol, D(2004, 6, 1), D(2025, 9, 26)))
         assert r.bars["adj_close"].isna().all()  # TRADES bars carry no adjusted close
         assert r.first_available_date == D(2005, 1, 3) == r.metadata["first_available_date"]
-        assert r.metadata["ib_con_id"] > 0 and r.metadata["primary_exchange"] == "ARCA"
+        assert isinstance(r.metadata["ib_con_id"], int) and r.metadata["ib_con_id"] > 0
+        assert r.metadata["primary_exchange"] == "ARCA"
         assert {"exchange", "currency", "long_name"} <= set(r.metadata)
         hist = gw.stats.historical(symbol)
         assert r.requests == len(hist) == 21  # 2005-01-03 .. 2025-09-26 in 1 Y chunks, clamped by the head
@@ -88,7 +89,7 @@ def test_unknown_no_data_and_share_class_symbols(sim, tmp_path: Path) -> None:
     assert results["BRK.B"].status is FetchStatus.STORED and len(results["BRK.B"].bars) == 2
     assert gw.stats.historical("BRK B")  # asked in IB notation
     old = results["OLD"]  # the head is in range but the window holds no bar: 162 HMDS "no data"
-    assert old.status is FetchStatus.NO_DATA and old.error_code == 162 and "no data" in old.error
+    assert old.status is FetchStatus.NO_DATA and old.error_code == 162 and "no data" in str(old.error)
     assert old.requests >= 1 and old.bars.empty
     new = results["NEW"]  # head timestamp after --end: no historical request at all
     assert new.status is FetchStatus.NO_DATA and new.requests == 0 and new.first_available_date == D(2024, 1, 2)
@@ -201,7 +202,7 @@ def test_timeout_cancels_the_slow_request_and_reports_failure(sim) -> None:
     t0 = time.monotonic()
     settings = fast_settings(gw.port, ib_timeout=0.3)
     r = fetch_all(["SPY"], D(2025, 1, 2), D(2025, 3, 31), settings, since={"SPY": D(2025, 3, 1)})["SPY"]
-    assert r.status is FetchStatus.FAILED and "timed out" in r.error
+    assert r.status is FetchStatus.FAILED and "timed out" in str(r.error)
     assert time.monotonic() - t0 < 2.5  # did not wait for the 3 s reply
     cancels = [status for kind, _, _, _, status in gw.stats.requests if kind == "cancel"]
     assert cancels and set(cancels) == {"open"}  # the cancel overtook the pending reply

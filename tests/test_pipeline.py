@@ -8,6 +8,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -144,13 +145,15 @@ def test_nan_and_negative_prices_are_rejected_and_reported_the_rest_stored(
     code = ingest(monkeypatch, db_url, *argv, "--start", "2020-01-02", "--end", "2020-01-31")
     out = capsys.readouterr().out
     assert code == 0  # rejected rows are reported, not fatal; coverage shows the loss
-    assert f"rejected SPY {bars['date'].iloc[3]}: missing price" in out
-    assert f"rejected SPY {bars['date'].iloc[5]}: non-positive price" in out
+    assert "missing price: 1 in 1 symbol(s) (SPY 1); e.g. " in out and "non-positive price: 1 in 1 symbol(s)" in out
     assert "1 low_coverage; 21 fetched, 19 inserted, 0 updated, 0 unchanged, 2 rejected -> exit 0" in out
+    logged = (env / "log" / "mvp_pipeline.log").read_text()
+    assert f"rejected {path}: SPY: missing price ('{bars['date'].iloc[3]}," in logged
     assert len(table(db_url, tables.prices)) == 19
     run = table(db_url, tables.ingest_runs).iloc[-1]
     errors = json.loads(run["errors"]) if isinstance(run["errors"], str) else run["errors"]
     assert [r["reason"] for r in errors["rejected"]] == ["missing price", "non-positive price"]
+    assert errors["rejected_total"] == 2 and errors["rejected"][1]["raw"].startswith(str(bars["date"].iloc[5]))
 
 
 @pytest.mark.parametrize(
@@ -177,7 +180,7 @@ def test_bad_arguments_fail_with_usage_before_any_database_work(
 ) -> None:  # fmt: skip
     assert ingest(monkeypatch, sqlite_url, "--source", "sample", *argv) == ExitCode.USAGE
     assert message in capsys.readouterr().err
-    assert not Path(sa.make_url(sqlite_url).database).exists()
+    assert not Path(str(sa.make_url(sqlite_url).database)).exists()
 
 
 def test_watchlist_errors_name_file_and_line(
@@ -224,7 +227,7 @@ def test_ibkr_source_is_called_with_the_contract_and_its_metadata_stored(
 
     calls = []
 
-    def fake(entries: list, start: dt.date, end: dt.date, since: dict, settings: object) -> Iterator[wl.SymbolFetch]:
+    def fake(entries: list, start: dt.date, end: dt.date, since: dict, settings: Any) -> Iterator[wl.SymbolFetch]:
         calls.append((entries, start, end, since, settings.ib_port))
         bars = wl.read_bars_file(SAMPLE_CSV)
         spy = bars[(bars["symbol"] == "SPY") & bars["date"].between("2024-01-02", "2024-01-31")]

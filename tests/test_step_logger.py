@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +21,8 @@ import db_utils
 import step_logger
 import tt_schema as tables
 from pg_proxy import CuttableProxy
-from step_logger import STEP_SCALARS, StepLogger, load_fallback, write_steps
+from step_fallback import load_fallback
+from step_logger import STEP_SCALARS, StepLogger, write_steps
 
 N_ASSETS = 3
 
@@ -94,7 +97,7 @@ def test_write_steps_twice_stores_each_row_once(engine: sa.Engine, tmp_path: Pat
 
 
 @pytest.fixture
-def proxied(pg_url: str) -> tuple[CuttableProxy, sa.Engine, sa.Engine]:
+def proxied(pg_url: str) -> Iterator[tuple[CuttableProxy, sa.Engine, sa.Engine]]:
     """(proxy, engine through the proxy, direct engine) on a fresh PostgreSQL schema."""
     url = sa.make_url(db_utils.normalize_url(pg_url))
     proxy = CuttableProxy((url.host or "127.0.0.1", url.port or 5432))
@@ -198,13 +201,13 @@ def _closed_port() -> int:
 
 def test_outage_retries_after_a_growing_pause_not_per_batch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     attempts: list[float] = []
-    write = step_logger._write_item
+    write = step_logger.write_item
 
     def counted(engine: sa.Engine, item: dict[str, Any]) -> None:
         attempts.append(time.monotonic())
         write(engine, item)
 
-    monkeypatch.setattr(step_logger, "_write_item", counted)
+    monkeypatch.setattr(step_logger, "write_item", counted)
     engine = db_utils.make_engine(f"postgresql://postgres@127.0.0.1:{_closed_port()}/test")
     logger = StepLogger(engine, "r7", tmp_path / "f.jsonl", batch_rows=2, retry_pause=(0.5, 30.0), announce=str)
     rng, batches, started = np.random.default_rng(7), 0, time.monotonic()
@@ -219,7 +222,7 @@ def test_outage_retries_after_a_growing_pause_not_per_batch(tmp_path: Path, monk
     assert report.retries == report.error_count == len(attempts)  # close() adds one last attempt
     assert len(report.errors) == 2 and "127.0.0.1" in report.errors[0]  # first and latest error only
     assert report.unwritten_steps == 2 * batches and report.steps_written == 0
-    assert sum(1 for _ in report.fallback_file.open()) == batches
+    assert report.fallback_file is not None and sum(1 for _ in report.fallback_file.open()) == batches
     engine.dispose()
 
 
@@ -233,7 +236,7 @@ def test_close_while_the_writer_is_stuck_saves_everything_and_stops_it(
         release.wait(10)
         raise sa.exc.OperationalError("COPY", {}, ConnectionError("server closed the connection"))
 
-    monkeypatch.setattr(step_logger, "_write_item", stuck)
+    monkeypatch.setattr(step_logger, "write_item", stuck)
     engine = db_utils.make_engine(f"sqlite:///{tmp_path / 'unused.db'}")
     logger = StepLogger(engine, "r8", tmp_path / "f.jsonl", batch_rows=2, announce=str)
     rng = np.random.default_rng(8)
@@ -242,6 +245,7 @@ def test_close_while_the_writer_is_stuck_saves_everything_and_stops_it(
     _feed(logger, rng, 2, 40)  # queued behind the stuck write
     logger.update_run(status="finished")
     report = logger.close(timeout=0.2)
+    assert report.fallback_file is not None
     records = [json.loads(line) for line in report.fallback_file.read_text().splitlines()]
     assert report.unwritten_steps == 82 and [r["kind"] for r in records] == ["steps"] * 41 + ["run"]
     assert [r["chunk"]["step"][0] for r in records[:-1]] == list(range(1, 42))  # in order
@@ -250,3 +254,61 @@ def test_close_while_the_writer_is_stuck_saves_everything_and_stops_it(
     assert not logger._thread.is_alive()  # the writer stops instead of waiting for items forever
     assert report.fallback_file.read_text().count("\n") == 42  # and adds nothing after close()
     engine.dispose()
+
+
+def _reject_steps(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every step batch is refused for its content (not an outage): it goes to the fallback file at once."""
+    write = step_logger.write_item
+
+    def reject(engine: sa.Engine, item: dict[str, Any]) -> None:
+        if item["kind"] == "steps":
+            raise sa.exc.DataError("COPY", {}, ValueError("rejected"))
+        write(engine, item)
+
+    monkeypatch.setattr(step_logger, "write_item", reject)
+
+
+def test_an_unwritable_fallback_file_counts_the_lost_rows(
+    engine: sa.Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "plain").write_text("a file, not a folder")
+    _start_run(engine, "r9")
+    _reject_steps(monkeypatch)
+    logger = StepLogger(engine, "r9", tmp_path / "plain" / "f.jsonl", batch_rows=4, announce=lambda _: None)
+    _feed(logger, np.random.default_rng(9), 1, 10)
+    logger.update_run(status="finished")
+    report = logger.close(timeout=10)  # the writer survived the failed file writes: the run update is stored
+    assert (report.lost_steps, report.unwritten_steps, report.fallback_file) == (20, 0, None)
+    assert report.errors[-1] == f"cannot write the fallback file {tmp_path / 'plain' / 'f.jsonl'}: File exists"
+    with engine.connect() as conn:
+        assert conn.execute(sa.select(tables.runs.c.status)).scalar() == "finished"
+
+
+@pytest.mark.parametrize(
+    ("bad_line", "fragment"),
+    [
+        ("not json", "line 3: not a step-log record (JSONDecodeError"),
+        ('{"kind": "steps", "run_id": "r10", "chunk": {"episode": [1]}}', "line 3: not a step-log record"),
+        ('{"kind": "run", "run_id": "r10", "values": {"nonsense": 1}}', "objects of tt_runs columns"),
+        ('{"kind": "episodes", "run_id": "other", "rows": [{"run_id": "r10", "episode": 1}]}', "of run other"),
+    ],
+)
+def test_a_fallback_file_with_one_bad_line_stores_nothing(
+    engine: sa.Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bad_line: str, fragment: str
+) -> None:
+    _start_run(engine, "r10")
+    _reject_steps(monkeypatch)
+    logger = StepLogger(engine, "r10", tmp_path / "f.jsonl", batch_rows=4, announce=lambda _: None)
+    _feed(logger, np.random.default_rng(10), 1, 4)
+    path = logger.close().fallback_file
+    monkeypatch.undo()
+    assert path is not None
+    lines = path.read_text().splitlines()
+    assert len(lines) == 2  # two 4-row batches
+    path.write_text("\n".join([*lines, bad_line]) + "\n")
+    with pytest.raises(ValueError, match=re.escape(fragment)):
+        load_fallback(engine, path)
+    assert _stored(engine, "r10").empty
+    path.write_text("\n".join(lines) + "\n")
+    assert load_fallback(engine, path) == (8, 0)
+    _expect_complete(engine, "r10", 4)

@@ -13,7 +13,9 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -30,7 +32,7 @@ from tt_lane import unavailable
 
 SAMPLE_CSV = REPO_ROOT / "data" / "sample_daily_bars.csv.gz"
 SYMBOLS = ("GLD", "SPY", "TLT")
-ZERO_COSTS = {"fee_flat": 0.0, "commission_bps": 0.0, "rebalance_band": 0.0, "max_drawdown": 1.0}
+ZERO_COSTS: dict[str, Any] = {"fee_flat": 0.0, "commission_bps": 0.0, "rebalance_band": 0.0, "max_drawdown": 1.0}
 # one 40-step episode on 2010-2011 with a tiny PPO: the lane must stay quick (TensorTrade steps at ~600/s)
 TRAIN = ["--symbols", ",".join(SYMBOLS), "--start", "2010-01-01", "--end", "2011-12-31", "--episodes", "1",
          "--episode-length", "40", "--n-steps", "32", "--batch-size", "16", "--n-epochs", "1", "--seed", "3",
@@ -55,7 +57,7 @@ def sample() -> pd.DataFrame:
 
 
 @pytest.fixture
-def stored(sqlite_url: str, sample: pd.DataFrame) -> sa.Engine:
+def stored(sqlite_url: str, sample: pd.DataFrame) -> Iterator[sa.Engine]:
     """A SQLite database holding the training symbols' bars."""
     engine = engine_with_bars(sqlite_url, sample[sample["symbol"].isin(SYMBOLS)])
     yield engine
@@ -96,7 +98,8 @@ def test_remote_vec_env_matches_native_env(tt_python: Path, sample: pd.DataFrame
     natives = [make_env(bars, execution="close", **ZERO_COSTS) for _ in range(2)]
     try:
         first = vec.reset()
-        assert first.shape == (2, *vec.observation_space.shape) and vec.symbols == natives[0].symbols
+        assert first.shape[0] == 2 and first.shape[1:] == vec.observation_space.shape
+        assert vec.symbols == natives[0].symbols
         for native in natives:
             native.reset()
         rng, worths, done = np.random.default_rng(0), [], np.zeros(2, bool)
@@ -107,14 +110,15 @@ def test_remote_vec_env_matches_native_env(tt_python: Path, sample: pd.DataFrame
             worths.append([(info["net_worth"], e[4]["net_worth"]) for info, e in zip(infos, expected, strict=True)])
             assert vec.last_step["t"].tolist() == [native.t for native in natives]
             np.testing.assert_array_equal(vec.last_step["reward"][:, 0], rewards)
-        worths = np.array(worths)
-        assert len(worths) > 400 and done.all()
-        assert np.max(np.abs(worths[..., 0] / worths[..., 1] - 1.0)) < 0.005
-        assert not np.allclose(worths[:, 0, 0], worths[:, 1, 0])  # each worker got its own actions
+        pairs = np.array(worths)  # steps x workers x (remote, native)
+        assert len(pairs) > 400 and done.all()
+        assert np.max(np.abs(pairs[..., 0] / pairs[..., 1] - 1.0)) < 0.005
+        assert not np.allclose(pairs[:, 0, 0], pairs[:, 1, 0])  # each worker got its own actions
         for info in infos:
             assert (info["stop_reason"], info["TimeLimit.truncated"]) == ("end_of_data", True)
             assert info["terminal_observation"].shape == vec.observation_space.shape
-        np.testing.assert_array_equal(vec.step(np.zeros((2, 4)))[0].shape, first.shape)
+        again = vec.step(np.zeros((2, 4)))[0]
+        assert isinstance(again, np.ndarray) and again.shape == first.shape
         vec.workers[1].process.kill()  # a worker dying mid-run is a clear error naming it
         with pytest.raises(UserError, match=r"TensorTrade worker 1 .* exited with code -9") as caught:
             vec.step(np.zeros((2, 4)))
@@ -144,6 +148,7 @@ def test_workers_die_with_their_parent(tt_python: Path) -> None:
         "print(v.workers[0].process.pid, flush=True); time.sleep(60)"
     )
     parent = subprocess.Popen([sys.executable, "-c", script], cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True)
+    assert parent.stdout is not None  # stdout=PIPE
     worker = int(parent.stdout.readline())
     parent.send_signal(signal.SIGKILL)
     parent.wait()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
@@ -12,6 +13,7 @@ import sqlalchemy as sa
 import bar_store
 import db_utils
 import train_mvp
+import training_run
 import tt_schema as tables
 from checkpoints import FINAL
 from conftest import engine_with_bars, read_table, run_train
@@ -33,7 +35,7 @@ def sample_bars() -> pd.DataFrame:
 
 
 @pytest.fixture
-def stored(db_url: str, sample_bars: pd.DataFrame) -> sa.Engine:
+def stored(db_url: str, sample_bars: pd.DataFrame) -> Iterator[sa.Engine]:
     """An engine on a fresh database holding the sample bars."""
     engine = engine_with_bars(db_url, sample_bars)
     yield engine
@@ -104,15 +106,15 @@ def test_resume_continues_numbering_and_log(stored: sa.Engine, tmp_path: Path) -
 def test_ctrl_c_checkpoints_flushes_and_resumes(
     stored: sa.Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    checkpoint = train_mvp.EpisodeCallback.checkpoint
+    checkpoint = training_run.EpisodeCallback.checkpoint
 
-    def interrupt_after_first(self: train_mvp.EpisodeCallback, name: str) -> Path:
+    def interrupt_after_first(self: training_run.EpisodeCallback, name: str) -> Path:
         path = checkpoint(self, name)
         if name != FINAL:
             raise KeyboardInterrupt
         return path
 
-    monkeypatch.setattr(train_mvp.EpisodeCallback, "checkpoint", interrupt_after_first)
+    monkeypatch.setattr(training_run.EpisodeCallback, "checkpoint", interrupt_after_first)
     assert _train(stored, tmp_path, "--episodes", "3") == ExitCode.INTERRUPTED
     run, _ = _check_log(stored, 1)
     assert (run["status"], run["episodes_done"]) == ("interrupted", 1)
@@ -184,16 +186,16 @@ def test_outage_mid_run_rows_land_in_fallback_file(
     tables.ensure_schema(direct)
     assert bar_store.upsert_price_bars(direct, sample_bars).ok
     url = sa.make_url(db_utils.normalize_url(pg_url))
-    proxy = CuttableProxy((url.host, url.port or 5432))
+    proxy = CuttableProxy((str(url.host), url.port or 5432))
     through = url.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
-    checkpoint = train_mvp.EpisodeCallback.checkpoint
+    checkpoint = training_run.EpisodeCallback.checkpoint
 
-    def cut_after_first(self: train_mvp.EpisodeCallback, name: str) -> Path:
+    def cut_after_first(self: training_run.EpisodeCallback, name: str) -> Path:
         if self.state.episodes_done == 1:
             proxy.cut()  # the database becomes unreachable after episode 1; training must go on
         return checkpoint(self, name)
 
-    monkeypatch.setattr(train_mvp.EpisodeCallback, "checkpoint", cut_after_first)
+    monkeypatch.setattr(training_run.EpisodeCallback, "checkpoint", cut_after_first)
     code = train_mvp.main([*FAST, "--episodes", "3", "--database-url", through, "--checkpoint-dir",
                            str(tmp_path), "--log-dir", str(tmp_path / "log")])  # fmt: skip
     assert code == ExitCode.PARTIAL  # trained, but the database is incomplete until the file is loaded

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The TensorTrade test lane: a Python >= 3.12 virtual environment (.venv-tt) with requirements-tensortrade.txt,
-# then the backend tests (default) or the backend benchmark (`tools/tt_lane.sh bench`).
+# The TensorTrade test lane: a Python >= 3.12 virtual environment (.venv-tt) with requirements-tensortrade.txt and
+# the project (editable, no dependencies), then the backend tests (default) or the backend benchmark
+# (`tools/tt_lane.sh bench`).
 #
 # Interpreter to create .venv-tt from, first found wins: $TT_BASE_PYTHON; ~/.pyenv/versions/3.12.* (newest
 # first); python3.12, then python3.13 on PATH. With none, the lane prints why it was skipped and exits 0. An
@@ -42,10 +43,12 @@ if [ ! -x "$VENV/bin/python" ] || ! supported "$VENV/bin/python"; then
     rm -rf "$VENV"
     "$PY" -m venv "$VENV"
 fi
-# reinstall only when the requirements changed (tensorflow alone is a ~600 MB wheel)
-if ! cmp -s requirements-tensortrade.txt "$VENV/.installed" 2>/dev/null; then
+# reinstall only when the requirements changed (tensorflow alone is a ~600 MB wheel); the project itself goes in
+# editable and without its dependencies (they include torch), which puts its modules on the lane's import path
+if ! cat requirements-tensortrade.txt pyproject.toml | cmp -s - "$VENV/.installed" 2>/dev/null; then
     "$VENV/bin/pip" install -q -r requirements-tensortrade.txt
-    cp requirements-tensortrade.txt "$VENV/.installed"
+    "$VENV/bin/pip" install -q --no-deps -e .
+    cat requirements-tensortrade.txt pyproject.toml >"$VENV/.installed"
 fi
 echo "tt-lane: $VENV on $("$VENV/bin/python" --version) (interpreter found: $PY), tensortrade $("$VENV/bin/pip" show tensortrade | sed -n 's/^Version: //p')"
 
