@@ -11,7 +11,6 @@ from __future__ import annotations
 import codecs
 import csv
 import dataclasses
-import datetime as dt
 import gzip
 import io
 import re
@@ -24,11 +23,10 @@ from typing import BinaryIO
 import numpy as np
 import pandas as pd
 
-from bar_validation import PRICE_COLUMNS, VALUE_COLUMNS, validate_bars
+import bar_parsing
+from bar_validation import BAR_COLUMNS, PRICE_COLUMNS, SOURCE_COLUMNS, VALUE_COLUMNS, validate_bars
 from settings import UserError
 
-BAR_COLUMNS: tuple[str, ...] = ("symbol", "date", *VALUE_COLUMNS)
-SOURCE_COLUMNS = ("file", "line")  # where each row came from (line 1 is the file's first line)
 SUFFIXES = (".csv", ".txt", ".csv.gz", ".txt.gz")
 Canonicalizer = Callable[[str], str]  # canonical symbol; ValueError when the text is not a symbol
 
@@ -47,19 +45,6 @@ _REQUIRED = ("date", "open", "high", "low", "close", "volume")
 _DELIMITERS = (",", ";", "\t", "|")
 _HEAD_LINES = 64  # the header is among the first lines
 _EXPECTED = "expected a header such as Date,Open,High,Low,Close,Adj Close,Volume"
-_MISSING = frozenset({"", "null", "none", "n/a", "na", "#n/a", "-"})
-_NON_FINITE = frozenset({"nan", "inf", "+inf", "-inf", "infinity", "+infinity", "-infinity"})
-_MONTHS = {
-    m: i + 1 for i, m in enumerate(("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"))
-}
-_TIME = r"(?:[ T]+\d{1,2}:\d{2}(?::\d{2}(?:\.\d+)?)?(?:\s*[AaPp][Mm])?)?\s*(?:Z|UTC|[+-]\d{2}:?\d{2})?"
-_DATE_FORMS = (  # (kind, pattern); the time and offset are dropped: the date as written is the session date
-    ("ymd", re.compile(r"(\d{4})[-/.](\d{1,2})[-/.](\d{1,2})" + _TIME)),
-    ("ymd", re.compile(r"(\d{4})(\d{2})(\d{2})" + _TIME)),  # Stooq, IB: 20200102
-    ("xxy", re.compile(r"(\d{1,2})[-/.](\d{1,2})[-/.](\d{4})" + _TIME)),  # M/D/Y or D/M/Y, decided per file
-    ("dmy", re.compile(r"(\d{1,2})[- ]([A-Za-z]{3,9})\.?[- ](\d{4})" + _TIME)),  # 4-Jan-1999
-    ("mdy", re.compile(r"([A-Za-z]{3,9})\.?[- ](\d{1,2}),?[- ](\d{4})" + _TIME)),  # Jan 4, 1999
-)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,7 +59,8 @@ class Problem:
 
     def __str__(self) -> str:
         where = f"{self.file}:{self.line}" if self.line else self.file
-        return f"{where}: {self.symbol + ': ' if self.symbol else ''}{self.reason} ({self.raw!r})"
+        raw = f" ({self.raw!r})" if self.raw or self.line else ""  # an empty cell is shown, an empty file's raw not
+        return f"{where}: {self.symbol + ': ' if self.symbol else ''}{self.reason}{raw}"
 
 
 class BarFileError(UserError):
@@ -199,7 +185,7 @@ def _fields(body: str, layout: _Layout, name: str) -> tuple[pd.DataFrame, list[P
     width, problems = layout.width, []
     try:  # fast: one row per line (blank ones too), an error for a line with too many fields
         table = pd.read_csv(
-            io.StringIO(body), sep=layout.delimiter, header=None, names=range(width), dtype=dtype,
+            io.BytesIO(body.encode()), sep=layout.delimiter, header=None, names=range(width), dtype=dtype,
             na_filter=False, skip_blank_lines=False, index_col=False, engine="c",
         )  # fmt: skip
     except pd.errors.ParserError:
@@ -221,111 +207,6 @@ def _fields(body: str, layout: _Layout, name: str) -> tuple[pd.DataFrame, list[P
     return table[np.logical_or.reduce([(table[c] != "").to_numpy(bool) for c in layout.columns])], problems
 
 
-# ---------------------------------------------------------------------------------------------------- values
-
-
-def _decimal_mark(cells: pd.Series, delimiter: str, name: str) -> str:
-    """The decimal mark, decided per file from the prices: a mark followed by other than three digits, or after
-    the other mark, is decimal; when no price tells, ';' files use ',' (European Excel) and others '.'."""
-    default, other = (",", ".") if delimiter == ";" else (".", ",")
-
-    def decimal(mark: str, among: pd.Series) -> pd.Series:
-        rest = re.escape("." if mark == "," else ",")
-        mark = re.escape(mark)
-        return among[among.str.contains(rf"{mark}(?:\d{{0,2}}|\d{{4,}})(?:[eE][+-]?\d+)?$|{rest}\d*{mark}")]
-
-    evidence = decimal(other, cells[cells.str.contains(other, regex=False)])
-    if evidence.empty:
-        return default
-    against = decimal(default, cells)
-    if not against.empty:
-        raise BarFileError(name, f"prices mix decimal marks ({evidence.iloc[0]!r} and {against.iloc[0]!r})")
-    return other
-
-
-_STATUS = ((0, "missing"), (2, "unparseable"), (3, "non-finite"))  # the status codes of _numbers that reject a row
-
-
-def _numbers(cells: pd.Series, decimal: str) -> tuple[np.ndarray, np.ndarray]:
-    """Floats and a status per cell: 1 read, 0 missing, 2 not a number, 3 not finite."""
-    if cells.dtype.kind == "b":  # the CSV parser read True/False
-        cells = cells.astype(str)
-    if cells.dtype.kind in "fiu":  # the CSV parser read every cell as a number
-        values = cells.to_numpy("float64")
-        return values, np.where(np.isfinite(values), 1, 3).astype(np.int8)
-    values = np.full(len(cells), np.nan) if decimal != "." else pd.to_numeric(cells, errors="coerce")
-    values = np.asarray(values, "float64").copy()
-    retry = np.isnan(values)
-    text = cells[retry].str.strip()
-    if retry.any():  # thousands separators, decimal commas, a currency sign
-        group, mark = re.escape("," if decimal == "." else "."), re.escape(decimal)
-        pattern = rf"[+-]?\$?(?:\d{{1,3}}(?:[{group} \u00a0\u202f']\d{{3}})+|\d+)(?:{mark}\d*)?(?:[eE][+-]?\d+)?"
-        cleaned = text.where(text.str.fullmatch(pattern), "").str.replace(rf"[^\d+\-eE{mark}]", "", regex=True)
-        values[retry] = pd.to_numeric(cleaned.str.replace(decimal, ".", regex=False), errors="coerce")
-    status = np.ones(len(values), np.int8)
-    bad = ~np.isfinite(values)
-    if bad.any():
-        words = cells[bad].str.strip().str.lower()
-        infinite = words.isin(_NON_FINITE).to_numpy() | np.isinf(values[bad])
-        status[bad] = np.where(words.isin(_MISSING).to_numpy(), 0, np.where(infinite, 3, 2))
-    return values, status
-
-
-def _date_parts(kind: str, groups: tuple[str, ...], day_first: bool) -> dt.date | None:
-    if kind == "ymd":
-        y, m, d = groups
-    elif kind == "xxy":
-        d, m, y = groups if day_first else (groups[1], groups[0], groups[2])
-    else:
-        d, mon, y = groups if kind == "dmy" else (groups[1], groups[0], groups[2])
-        m = str(_MONTHS.get(mon[:3].lower(), 0))
-    try:
-        date = dt.date(int(y), int(m), int(d))
-    except ValueError:
-        return None
-    return date if 1800 <= date.year <= 2200 else None
-
-
-def _day_first(pairs: list[tuple[int, int, str]], name: str) -> bool:
-    """D/M when a first field exceeds 12, M/D when a second does; refused when neither or both."""
-    day = next((t for a, _, t in pairs if a > 12), None)
-    month = next((t for _, b, t in pairs if b > 12), None)
-    if day and month:
-        raise BarFileError(name, f"dates in both day/month and month/day order ({day!r}, {month!r})")
-    if not (day or month):
-        raise BarFileError(
-            name, f"the dates ({pairs[0][2]!r}) could be day/month or month/day; pass --date-format "
-            "'%m/%d/%Y' (US, Excel) or '%d/%m/%Y'"
-        )  # fmt: skip
-    return day is not None
-
-
-def _strptime(text: str, date_format: str) -> dt.date | None:
-    try:
-        return dt.datetime.strptime(text, date_format).date()  # an offset in the text: its own local date
-    except ValueError:
-        return None
-
-
-def _dates(raw: pd.Series, date_format: str | None, name: str) -> np.ndarray:
-    """Session dates (``datetime64[ns]``, NaT where unreadable), each distinct text parsed once."""
-    codes, uniques = pd.factorize(raw)
-    uniques = [u.strip() for u in uniques]
-    if date_format:
-        parsed = [_strptime(u, date_format) for u in uniques]
-    else:
-        forms = [next(((k, m.groups()) for k, p in _DATE_FORMS if (m := p.fullmatch(u))), None) for u in uniques]
-        pairs = [(int(f[1][0]), int(f[1][1]), u) for f, u in zip(forms, uniques, strict=True) if f and f[0] == "xxy"]
-        day_first = _day_first(pairs, name) if pairs else False
-        parsed = [_date_parts(*f, day_first) if f else None for f in forms]
-    texts = [u for u in uniques if u]
-    if texts and not any(parsed):
-        hint = f"do not match --date-format {date_format!r}" if date_format else "are in no known layout"
-        raise BarFileError(name, f"the dates ({texts[0]!r}) {hint}; pass --date-format (e.g. '%d.%m.%Y')")
-    table = np.array([np.datetime64(d, "D") if d else np.datetime64("NaT") for d in parsed], "datetime64[D]")
-    return table.astype("datetime64[ns]")[codes] if len(codes) else np.array([], "datetime64[ns]")
-
-
 # ---------------------------------------------------------------------------------------------------- symbols
 
 
@@ -339,6 +220,13 @@ def symbol_from_file_name(name: str, canonical: Canonicalizer) -> str:
     stem = re.sub(r"(\.(csv|txt))?(\.gz)?$", "", Path(name).name, flags=re.IGNORECASE)
     stem = re.sub(r"_us_d$", "", re.sub(r"\s*\(\d+\)$", "", stem), flags=re.IGNORECASE)
     return canonical(_strip_market(stem))
+
+
+def _symbol_or_none(name: str, canonical: Canonicalizer) -> str | None:
+    try:
+        return symbol_from_file_name(name, canonical)
+    except ValueError:
+        return None
 
 
 def _symbols(raw: pd.Series, canonical: Canonicalizer) -> tuple[np.ndarray, np.ndarray]:
@@ -375,7 +263,9 @@ def read_bar_file(
     """
     if name is None:
         name = str(source) if isinstance(source, str | Path) else str(getattr(source, "name", "<stream>"))
-    text = _read_text(source, name).replace("\r\n", "\n").replace("\r", "\n")
+    text = _read_text(source, name)
+    if "\r" in text:
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
     head = text.split("\n", _HEAD_LINES)[:_HEAD_LINES]
     layout = _layout(head, name)
     table, problems = _fields(text[sum(len(line) + 1 for line in head[: layout.first_line]) :].rstrip(), layout, name)
@@ -398,16 +288,21 @@ def _values(
     """The fields read as bars; a problem for each row with a field that does not read (the first such field)."""
     symbols, symbol_status = _symbols(table["symbol"], canonical)
     decimal = "."  # a ',' file has decimal points; others tell by their prices
-    if delimiter != ",":
-        prices = pd.concat([table[c] for c in (*PRICE_COLUMNS, "adj_close") if c in table], ignore_index=True)
-        decimal = _decimal_mark(prices.str.strip(), delimiter, name)
-    values = {c: _numbers(table[c], decimal) for c in VALUE_COLUMNS if c in table}
-    dates = _dates(table["date"], date_format, name)
+    try:
+        if delimiter != ",":
+            prices = pd.concat([table[c] for c in (*PRICE_COLUMNS, "adj_close") if c in table], ignore_index=True)
+            decimal = bar_parsing.decimal_mark(prices.str.strip(), delimiter)
+        dates = bar_parsing.dates(table["date"], date_format)
+    except bar_parsing.CellError as exc:
+        raise BarFileError(name, str(exc)) from None
+    values = {c: bar_parsing.numbers(table[c], decimal) for c in VALUE_COLUMNS if c in table}
     checks = [(symbol_status == 1, "missing symbol", "symbol"), (symbol_status == 2, "invalid symbol", "symbol")]
     checks.append((np.isnat(dates), "unparseable date", "date"))
     for column, (_, status) in values.items():  # an empty adj_close is allowed (status 0 = missing)
         checks += [
-            (status == code, f"{why} {column}", column) for code, why in _STATUS if column != "adj_close" or code
+            (status == code, f"{why} {column}", column)
+            for code, why in bar_parsing.REJECTED_STATUS
+            if column != "adj_close" or code
         ]
     failed = np.select([bad for bad, _, _ in checks], np.arange(1, len(checks) + 1), 0)  # the first check failed
     line = table["line"].to_numpy()
@@ -424,9 +319,10 @@ def read_bar_files(
     source: str | Path | Iterable[str | Path], *, canonical: Canonicalizer, date_format: str | None = None
 ) -> tuple[pd.DataFrame, list[Problem]]:
     """Read a folder's bar files (``*.csv``, ``*.txt``, and gzipped) or the files given, each as
-    :func:`read_bar_file` does. A file that cannot be read is a problem (``line`` 0) and does not stop the
-    others. Files that give the same symbol count once when their bars are identical; when they differ, none
-    of them is used for it and a "conflicting files" problem names them all.
+    :func:`read_bar_file` does. A file that cannot be read is a problem (``line`` 0, with the symbol its name
+    gives, if any) and does not stop the others. Files that give the same symbol are merged: a bar they give
+    alike counts once; when they give different bars for one date, none of them is used for that symbol and a
+    "conflicting files" problem names them all.
 
     :raise BarFileError: when ``source`` is not a folder or holds no bar file.
     """
@@ -443,32 +339,40 @@ def read_bar_files(
     for file in files:
         try:
             bars, found = read_bar_file(file, canonical=canonical, date_format=date_format)
-        except BarFileError as exc:
-            problems.append(Problem(str(file), 0, None, "", exc.reason))
+        except BarFileError as exc:  # the symbol the name gives, so a watchlist symbol can say why it is missing
+            problems.append(Problem(str(file), 0, _symbol_or_none(file.name, canonical), "", exc.reason))
             continue
         parts.append(bars)
         problems += found
     if not parts:
-        empty = {"symbol": str, "date": "datetime64[ns]", **dict.fromkeys(VALUE_COLUMNS, float), "file": str}
-        return pd.DataFrame({c: pd.Series(dtype=t) for c, t in {**empty, "line": int}.items()}), problems
+        types = (object, "datetime64[ns]", *["float64"] * len(VALUE_COLUMNS), object, "int64")
+        columns = zip((*BAR_COLUMNS, *SOURCE_COLUMNS), types, strict=True)
+        return pd.DataFrame({c: pd.Series(dtype=t) for c, t in columns}), problems
     bars, conflicts = _one_copy_per_symbol(pd.concat(parts, ignore_index=True))
     return bars, problems + conflicts
 
 
 def _one_copy_per_symbol(bars: pd.DataFrame) -> tuple[pd.DataFrame, list[Problem]]:
+    """One copy of each bar that several files of a symbol give alike (a newer download, ``SPY (1).csv``); files
+    that only add dates add them. A symbol whose files give different bars for one date is left out whole."""
     pairs = bars[["symbol", "file"]].drop_duplicates()
-    shared = pairs[pairs["symbol"].duplicated(keep=False)]
-    drop, problems = np.zeros(len(bars), bool), []
-    for symbol, group in shared.groupby("symbol", sort=True):
-        files = list(group["file"])
-        rows = (bars["symbol"] == symbol).to_numpy()
-        copies = [bars.loc[rows & (bars["file"] == f).to_numpy(), list(BAR_COLUMNS)] for f in files]
-        copies = [c.sort_values("date", ignore_index=True) for c in copies]
-        if all(c.equals(copies[0]) for c in copies[1:]):
-            drop |= rows & (bars["file"] != files[0]).to_numpy()
-        else:
-            drop |= rows
-            problems.append(Problem(files[0], 0, str(symbol), ", ".join(files), "conflicting files for one symbol"))
+    shared = bars["symbol"].isin(pairs.loc[pairs["symbol"].duplicated(), "symbol"]).to_numpy()
+    if not shared.any():
+        return bars, []
+    part = bars[shared]
+    first = part.groupby(list(BAR_COLUMNS), dropna=False, sort=False)["file"].transform("first")
+    copy = (part["file"] != first).to_numpy()  # the same bar in an earlier file: one copy is enough
+    rest = part[~copy]
+    files_per_date = rest.groupby(["symbol", "date"], sort=False)["file"].nunique()
+    conflicted = files_per_date[files_per_date > 1].reset_index()
+    problems = []
+    for symbol, dates in conflicted.groupby("symbol", sort=True):
+        files = sorted(part.loc[part["symbol"] == symbol, "file"].unique())
+        raw = f"{', '.join(files)}: {len(dates)} date(s) differ, first {dates['date'].min():%Y-%m-%d}"
+        problems.append(Problem(files[0], 0, str(symbol), raw, "conflicting files for one symbol"))
+    drop = np.zeros(len(bars), bool)
+    drop[np.flatnonzero(shared)[copy]] = True
+    drop |= bars["symbol"].isin(conflicted["symbol"]).to_numpy()
     return bars[~drop].reset_index(drop=True), problems
 
 

@@ -13,7 +13,8 @@ from settings import UserError
 
 PRICE_COLUMNS = ("open", "high", "low", "close")
 VALUE_COLUMNS = ("open", "high", "low", "close", "adj_close", "volume")
-SOURCE_COLUMNS = ("file", "line")  # where a row was read, when the source says (kept with rejected rows)
+BAR_COLUMNS: tuple[str, ...] = ("symbol", "date", *VALUE_COLUMNS)  # every source's bars, in this order
+SOURCE_COLUMNS = ("file", "line")  # where a row was read, when the source says (line 1 is the file's first line)
 OHLC_TOLERANCE = 1e-4  # relative slack for open/close vs [low, high]: absorbs rounding, not bad prints
 
 

@@ -1,9 +1,10 @@
 """Training checkpoints: the run state saved beside each PPO model, written and read back for ``--resume``.
 
-A checkpoint is ``<name>.zip`` (the Stable-Baselines3 model) and ``<name>.json`` (:class:`TrainingState`, plus
-the model file name and when it was saved) in the run's folder; ``final`` is written when training ends,
-``episode_NNNNN`` after each episode. Saving needs only the model's ``save(path)``; Stable-Baselines3 is imported
-only by :func:`load_model`.
+A checkpoint is ``<name>.zip`` (the Stable-Baselines3 model), ``<name>.json`` (:class:`TrainingState`, plus
+the model file name and when it was saved) and, when the run normalized observations or rewards,
+``<name>.vecnormalize.pkl`` (SB3 ``VecNormalize`` statistics: the policy only makes sense behind them) in the run's
+folder; ``final`` is written when training ends, ``episode_NNNNN`` after episodes. Saving needs only the
+objects' ``save(path)``; Stable-Baselines3 is imported only by the functions that load.
 """
 
 from __future__ import annotations
@@ -12,12 +13,23 @@ import contextlib
 import dataclasses
 import datetime as dt
 import json
+import pickle
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
 from settings import ExitCode, UserError
 
 FINAL = "final"  # name of the checkpoint written when training ends (also when interrupted or failed)
+CLIP_OBS = 5.0  # normalized observations are clipped to +-CLIP_OBS standard deviations
+# What a run or checkpoint stored before these settings existed trained with (their defaults changed, issue 12).
+LEGACY_SETTINGS: dict[str, Any] = {"action_map": "clip", "return_windows": (), "norm_obs": False,
+                                   "norm_reward": False}  # fmt: skip
+
+
+def normalization_path(checkpoint: Path) -> Path:
+    """The VecNormalize statistics saved beside checkpoint ``X.zip``: ``X.vecnormalize.pkl``."""
+    return Path(checkpoint).with_suffix(".vecnormalize.pkl")
 
 
 class Saveable(Protocol):
@@ -58,23 +70,29 @@ class TrainingState:
             raise ValueError(f"not a checkpoint state ({type(exc).__name__}: {exc})") from None
 
 
-def save_checkpoint(model: Saveable, state: TrainingState, name: str, keep: int) -> Path:
-    """Write ``name.zip`` and ``name.json`` in the run's folder; keep only the ``keep`` latest per-episode ones.
+def save_checkpoint(
+    model: Saveable, state: TrainingState, name: str, keep: int, normalizer: Saveable | None = None
+) -> Path:
+    """Write ``name.zip``, ``name.json`` (and ``name.vecnormalize.pkl`` from ``normalizer``) in the run's folder;
+    keep only the ``keep`` latest per-episode ones.
 
-    Both files are written under temporary names and renamed, so a full disk never leaves a truncated one.
+    The files are written under temporary names and renamed, so a full disk never leaves a truncated one.
 
     :raise UserError: (FILESYSTEM) the folder cannot be created or written (full disk, not a folder), naming it.
     """
     folder = state.folder
-    model_tmp, state_tmp = folder / f"{name}.tmp.zip", folder / f"{name}.json.tmp"
+    model_tmp, state_tmp, stats_tmp = (folder / f"{name}.{suffix}" for suffix in ("tmp.zip", "json.tmp", "pkl.tmp"))
     try:
         folder.mkdir(parents=True, exist_ok=True)
         model.save(model_tmp)
+        if normalizer is not None:
+            normalizer.save(stats_tmp)
+            stats_tmp.replace(normalization_path(folder / f"{name}.zip"))
         state_tmp.write_text(state.to_json(f"{name}.zip"))
         model_tmp.replace(folder / f"{name}.zip")
         state_tmp.replace(folder / f"{name}.json")
     except OSError as exc:
-        for tmp in (model_tmp, state_tmp):
+        for tmp in (model_tmp, state_tmp, stats_tmp):
             with contextlib.suppress(OSError):
                 tmp.unlink(missing_ok=True)
         raise UserError(f"checkpoint {name} in {folder}: cannot write ({exc.strerror or exc}); free space or choose "
@@ -82,6 +100,7 @@ def save_checkpoint(model: Saveable, state: TrainingState, name: str, keep: int)
     for old in sorted(folder.glob("episode_*.json"))[: -keep or None] if name != FINAL else []:
         old.unlink()
         old.with_suffix(".zip").unlink(missing_ok=True)
+        normalization_path(old).unlink(missing_ok=True)
     return folder / f"{name}.zip"
 
 
@@ -121,3 +140,41 @@ def load_model(path: Path, env: Any = None) -> Any:
         detail = (str(exc).strip() or "no detail").splitlines()[0]
         raise UserError(f"checkpoint {path}: not a readable model ({type(exc).__name__}: {detail})",
                         ExitCode.USAGE) from None  # fmt: skip
+
+
+def load_normalization(checkpoint: Path, env: Any) -> Any:
+    """``env`` behind the VecNormalize statistics saved with ``checkpoint`` (to continue training with them).
+
+    :raise UserError: (NOT_FOUND) the statistics file is missing, naming it.
+    """
+    from stable_baselines3.common.vec_env import VecNormalize
+
+    return VecNormalize.load(str(_normalization_file(checkpoint)), env)
+
+
+def load_normalizer(checkpoint: Path) -> Callable[[Any], Any]:
+    """The observation normalization saved with ``checkpoint``, frozen (what the policy reads, for later use).
+
+    :raise UserError: (NOT_FOUND) the statistics file is missing, (USAGE) it is not VecNormalize statistics.
+    """
+    import stable_baselines3.common.vec_env as vec_env
+
+    path = _normalization_file(checkpoint)
+    with path.open("rb") as file:
+        try:
+            normalizer = pickle.load(file)  # the project's own file: VecNormalize pickled without its environment
+        except Exception as exc:  # a damaged pickle fails in pickle, numpy or SB3, each with its own type
+            raise UserError(f"{path}: not readable normalization statistics ({type(exc).__name__})") from None
+    if not isinstance(normalizer, vec_env.VecNormalize):
+        raise UserError(f"{path}: not normalization statistics (a {type(normalizer).__name__})")
+    normalizer.training = False
+    return normalizer.normalize_obs
+
+
+def _normalization_file(checkpoint: Path) -> Path:
+    path = normalization_path(checkpoint)
+    if not path.is_file():
+        raise UserError(f"checkpoint {checkpoint} was trained on normalized observations or rewards, but their "
+                        f"statistics {path} are missing: restore the file beside the checkpoint",
+                        ExitCode.NOT_FOUND)  # fmt: skip
+    return path

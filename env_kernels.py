@@ -27,8 +27,8 @@ STATE_WIDTH = 9
 # Entries of the float64 parameter vector of the fused step (built by tensortrade_risk_module.kernel_params).
 (P_TARGET_VOL, P_VOL_FLOOR, P_MAX_WEIGHT, P_MAX_GROSS, P_BAND, P_FEE_FLAT, P_COMMISSION, P_DOWNSIDE,
  P_DRAWDOWN_PENALTY, P_DSR_ETA, P_MAX_DRAWDOWN, P_ALLOW_SHORT, P_PORTFOLIO_VOL, P_DSR, P_COV_WINDOW,
- P_WINDOW_SIZE, P_FILL_OFFSET, P_ANNUALIZE) = range(18)  # fmt: skip
-N_PARAMS = 18
+ P_WINDOW_SIZE, P_FILL_OFFSET, P_ANNUALIZE, P_SOFTMAX_GAIN) = range(19)  # fmt: skip
+N_PARAMS = 19
 
 # Step modes: map an action, trade to explicit target weights, or hold.
 ACTION, TARGET, HOLD = 0, 1, 2
@@ -127,6 +127,23 @@ def raw_weights_row(action: np.ndarray, allow_short: bool, out: np.ndarray) -> N
 
 
 @njit(cache=True)
+def softmax_weights_row(action: np.ndarray, gain: float, out: np.ndarray) -> None:
+    """``out`` = softmax of gain·a over the assets and a cash logit of 0 (the assets' shares; cash takes the rest).
+
+    The zero action is therefore an equal split over the assets and cash, not all cash.
+    """
+    top = 0.0  # the cash logit
+    for j in range(action.shape[0]):
+        top = max(top, gain * action[j])
+    total = math.exp(-top)
+    for j in range(action.shape[0]):
+        out[j] = math.exp(gain * action[j] - top)
+        total += out[j]
+    for j in range(action.shape[0]):
+        out[j] = out[j] / total
+
+
+@njit(cache=True)
 def portfolio_vol_row(raw: np.ndarray, returns: np.ndarray, annualize: float) -> float:
     """Annualized std (ddof 1) of the portfolio returns (``returns`` times ``raw``) over a ``(W, N)`` block of days."""
     days = returns.shape[0]
@@ -158,7 +175,10 @@ def targets_row(
     action: np.ndarray, t: int, scale: np.ndarray, returns: np.ndarray, params: np.ndarray, out: np.ndarray
 ) -> None:
     """Vol-targeted, capped target weights at decision date ``t`` into ``out`` (data up to the close of t)."""
-    raw_weights_row(action, params[P_ALLOW_SHORT] != 0.0, out)
+    if params[P_SOFTMAX_GAIN] > 0.0:
+        softmax_weights_row(action, params[P_SOFTMAX_GAIN], out)
+    else:
+        raw_weights_row(action, params[P_ALLOW_SHORT] != 0.0, out)
     if params[P_PORTFOLIO_VOL] != 0.0:
         block = returns[t - int(params[P_COV_WINDOW]) + 1 : t + 1]
         vol = portfolio_vol_row(out, block, params[P_ANNUALIZE])

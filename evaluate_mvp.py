@@ -64,9 +64,11 @@ def baseline_policies(n_assets: int) -> dict[str, Policy]:
     }
 
 
-def agent_policy(model: Any) -> Policy:
-    """The trained model, acting deterministically (the mean of its action distribution)."""
-    return lambda obs, date, previous: ("action", model.predict(obs, deterministic=True)[0])
+def agent_policy(model: Any, normalize: Callable[[np.ndarray], np.ndarray] | None = None) -> Policy:
+    """The trained model, acting deterministically (the mean of its action distribution) on the observation as it
+    saw it in training (``normalize``: the run's frozen observation normalization; None: it trained on raw ones)."""
+    prepare = normalize or (lambda obs: obs)
+    return lambda obs, date, previous: ("action", model.predict(prepare(obs), deterministic=True)[0])
 
 
 # ---------------------------------------------------------------------------------------------- rollouts
@@ -102,6 +104,7 @@ def slice_market(market: Market, config: EnvConfig, start: dt.date, end: dt.date
         close=market.close[rows],
         log_ret=market.log_ret[rows],
         vol=tuple(v[rows] for v in market.vol),
+        ret_sum=tuple(v[rows] for v in market.ret_sum),
     )
 
 
@@ -192,7 +195,8 @@ def run_env_settings(run: RunRecord) -> dict[str, Any]:
     if not trained:
         raise UserError(f"run {run.run_id}: tt_runs.config holds no environment settings, so the environment it "
                         "trained in cannot be rebuilt", ExitCode.REFUSED)  # fmt: skip
-    return {**trained, "random_start": False, "episode_length": None}
+    legacy = {k: v for k, v in checkpoints.LEGACY_SETTINGS.items() if k in names}  # a run from before they existed
+    return {**legacy, **trained, "random_start": False, "episode_length": None}
 
 
 # ------------------------------------------------------------------------------------------------ command
@@ -260,6 +264,17 @@ def load_model(path: Path, n_assets: int, observation_shape: tuple[int, ...] | N
     return model
 
 
+def run_normalizer(run: RunRecord, checkpoint: Path) -> Callable[[np.ndarray], np.ndarray] | None:
+    """The run's observation normalization frozen at ``checkpoint`` (None: the run trained on raw observations).
+
+    :raise UserError: (NOT_FOUND) the run normalized observations but their statistics file is missing.
+    """
+    train = (run.config or {}).get("train", {})
+    if not train.get("norm_obs", checkpoints.LEGACY_SETTINGS["norm_obs"]):
+        return None
+    return checkpoints.load_normalizer(checkpoint)
+
+
 def print_summary(doc: dict[str, Any], evaluation: Evaluation, out: TextIO) -> None:
     """The metrics table, the statistics table (intervals, comparisons), the SPA, the DSR and the verdict."""
     period = doc["period"]
@@ -304,7 +319,8 @@ def evaluate_run(engine: sa.Engine, settings: EvaluateSettings) -> Path:
     check_out_of_sample(run, market, config, settings.in_sample)
     folder = report_mvp.report_folder(settings.out_dir / run.run_id)
     model = load_model(checkpoint, len(market.symbols), make_env(market, **env_settings).observation_space.shape)
-    policies = {"agent": agent_policy(model), **baseline_policies(len(market.symbols))}
+    agent = agent_policy(model, run_normalizer(run, checkpoint))
+    policies = {"agent": agent, **baseline_policies(len(market.symbols))}
     evaluation = evaluate_policies(market, env_settings, policies)
     sharpe = float(evaluation.metrics.loc["agent", "sharpe"])
     trials = records.count_trials(engine, run, evaluation.start, evaluation.end, sharpe)

@@ -14,7 +14,7 @@ import logging
 import os
 import sys
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -147,15 +147,18 @@ def rejected_problems(rejected: pd.DataFrame, source: str) -> list[Problem]:
     ]
 
 
-def report_rejected(log: logging.Logger, rejected: pd.DataFrame, source: str) -> dict[str, Any]:
-    """Rejected rows: every one to the log file, a summary by reason (counts per symbol, first examples) to stdout.
+def report_rejected(
+    log: logging.Logger, rejected: pd.DataFrame, source: str, unread: Sequence[Problem] = ()
+) -> dict[str, Any]:
+    """Rejected rows, after ``unread`` (the rows a file source could not read): every one to the log file, a summary
+    by reason (counts per symbol, first examples) to stdout.
 
     :return: what ``tt_ingest_runs.errors`` keeps: the total, the summary and the first
         :data:`STORED_REJECTED_ROWS` rows.
     """
-    if not len(rejected):
+    problems = [*unread, *(rejected_problems(rejected, source) if len(rejected) else [])]
+    if not problems:
         return {"rejected_total": 0, "rejected_summary": [], "rejected": []}
-    problems = rejected_problems(rejected, source)
     for problem in problems:
         log.warning("rejected %s", problem, extra=FILE_ONLY)
     summary = summarize_problems(problems)

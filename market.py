@@ -27,6 +27,11 @@ class MarketSettings(Protocol):
         ...
 
     @property
+    def return_windows(self) -> tuple[int, ...]:
+        """Windows of the trailing log-return sums to compute (days)."""
+        ...
+
+    @property
     def first_decision(self) -> int:
         """Date index of the earliest decision."""
         ...
@@ -50,6 +55,8 @@ class Market:
     vol_windows: tuple[int, ...]
     vol: tuple[np.ndarray, ...]  # one per vol window, annualized, NaN during warm-up
     dropped_dates: int  # dates on which some symbol had no bar (removed for all symbols)
+    return_windows: tuple[int, ...] = ()
+    ret_sum: tuple[np.ndarray, ...] = ()  # one per return window: log return summed over it, NaN during warm-up
 
 
 def _validated_frame(bars: pd.DataFrame) -> pd.DataFrame:
@@ -92,6 +99,14 @@ def require_dates(n_dates: int, n_symbols: int, config: MarketSettings) -> None:
         )
 
 
+def trailing_sums(log_ret: np.ndarray, window: int) -> np.ndarray:
+    """Sum of the last ``window`` log returns up to each date ``(dates, N)``; NaN until ``window`` are known."""
+    total = np.cumsum(np.nan_to_num(log_ret), axis=0)
+    sums = total - np.vstack([np.zeros((window, log_ret.shape[1])), total[:-window]])
+    sums[:window] = np.nan  # the first log return is NaN: the first full window ends at index ``window``
+    return sums
+
+
 def build_market(bars: pd.DataFrame, config: MarketSettings) -> Market:
     """Align long-format bars into per-date arrays, with the pipeline's features.
 
@@ -99,7 +114,7 @@ def build_market(bars: pd.DataFrame, config: MarketSettings) -> Market:
     computed, so each return spans exactly the interval the environment holds the position over.
 
     :param bars: columns ``symbol, date, open, close`` and optionally ``adj_close`` (as in ``tt_prices``).
-    :param config: supplies ``vol_windows`` and the first decision the dates must allow.
+    :param config: supplies ``vol_windows``, ``return_windows`` and the first decision the dates must allow.
     :raise UserError: missing columns, duplicate or non-positive bars, or too few common dates.
     """
     frame = _validated_frame(bars)
@@ -118,16 +133,19 @@ def build_market(bars: pd.DataFrame, config: MarketSettings) -> Market:
     if not (np.isfinite(price) & (price > 0)).all():
         raise UserError("bars: adj_close has non-positive or non-finite values")
     dates = np.sort(common.to_numpy().astype("datetime64[D]"))
+    log_ret = grid(features["log_ret"])
     return Market(
         symbols=symbols,
         dates=dates,
         date_strings=[str(d) for d in dates],
         open=grid(frame["open"] * price / frame["close"]),
         close=grid(price),
-        log_ret=grid(features["log_ret"]),
+        log_ret=log_ret,
         vol_windows=tuple(config.vol_windows),
         vol=tuple(grid(features[vol_column(w)]) for w in config.vol_windows),
         dropped_dates=len(per_date) - n_dates,
+        return_windows=tuple(config.return_windows),
+        ret_sum=tuple(trailing_sums(log_ret, w) for w in config.return_windows),
     )
 
 

@@ -13,7 +13,8 @@ import datetime as dt
 import logging
 import sys
 import time
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -29,6 +30,7 @@ import features
 import ingest_log
 import tt_schema as tables
 import watchlist_loader as wl
+from bar_files import Problem
 from ibkr_pacing import IbSettings
 from settings import REPO_ROOT, CommonSettings, ExitCode, UserError, format_config, parse_command, run_cli, setting
 
@@ -48,7 +50,10 @@ class IngestSettings(IbSettings, CommonSettings):
     source: Literal["ibkr", "sample", "csv", "yfinance"] = setting(
         "ibkr", "where bars come from: ibkr (TWS/IB Gateway), sample (bundled), csv (--csv), yfinance", env="TT_SOURCE"
     )
-    csv: Path | None = setting(None, "--source csv: long-format CSV (gzip ok) or a folder of Yahoo-layout CSVs")
+    csv: Path | None = setting(None, "--source csv: a bar file (long, Yahoo, Stooq, ...; gzip ok) or a folder of them")
+    date_format: str | None = setting(
+        None, "--source csv: strptime format of the file dates, needed only when their day/month order is ambiguous"
+    )
     min_coverage: float = setting(0.95, "flag symbols below this fraction of expected sessions", env="TT_MIN_COVERAGE")
     overlap_sessions: int = setting(5, "sample/csv/yfinance: sessions re-fetched before the last stored bar")
     calendar: str = setting(coverage_check.DEFAULT_CALENDAR, "exchange_calendars calendar for expected sessions")
@@ -62,6 +67,19 @@ class IngestSettings(IbSettings, CommonSettings):
             raise ValueError(f"--min-coverage must be between 0 and 1, got {self.min_coverage}")
         if self.overlap_sessions < 0 or self.flush_rows < 1:
             raise ValueError("--overlap-sessions must be >= 0 and --flush-rows >= 1")
+        if self.date_format is not None:
+            _check_date_format(self.date_format)
+
+
+def _check_date_format(text: str) -> None:
+    """A ``strptime`` format that reads back the dates it writes. :raise ValueError: naming the fault."""
+    try:
+        sample = dt.datetime(2001, 2, 3)
+        ok = "%" in text and dt.datetime.strptime(sample.strftime(text), text).date() == sample.date()
+    except ValueError as exc:
+        raise ValueError(f"--date-format {text!r}: {exc}") from None
+    if not ok:
+        raise ValueError(f"--date-format {text!r} must give the year, month and day, e.g. %d/%m/%Y")
 
 
 @dataclasses.dataclass
@@ -93,26 +111,29 @@ def check_dates(settings: IngestSettings, today: dt.date | None = None) -> tuple
 
 @dataclasses.dataclass(frozen=True)
 class Source:
-    """A ready source: its fetch function, whether results may be batched (in-memory files) and rows read."""
+    """A ready source: its fetch function, whether results may be batched (in-memory files), rows read and, for
+    file sources, the rows and files not read."""
 
     fetch: wl.Fetcher
     batched: bool
     rows_read: int = 0
     read_s: float = 0.0
+    problems: tuple[Problem, ...] = ()
 
 
 def make_source(settings: IngestSettings) -> Source:
     """The source named by ``--source``; file sources are read here, so a bad file fails before any DB work."""
-    if settings.csv is not None and settings.source != "csv":
-        raise UserError(f"--csv only applies to --source csv (got --source {settings.source})")
+    for name, value in (("--csv", settings.csv), ("--date-format", settings.date_format)):
+        if value is not None and settings.source != "csv":
+            raise UserError(f"{name} only applies to --source csv (got --source {settings.source})")
     if settings.source in ("sample", "csv"):
-        if settings.source == "csv" and settings.csv is None:
+        path = settings.csv if settings.source == "csv" else wl.SAMPLE_CSV
+        if path is None:
             raise UserError("--source csv needs --csv PATH (a CSV file or a folder of per-symbol CSVs)")
-        path = wl.SAMPLE_CSV if settings.source == "sample" else settings.csv
         t0 = time.perf_counter()
-        bars = wl.read_bars_file(path)
-        fetch = wl.frame_source(bars, settings.overlap_sessions, str(path))
-        return Source(fetch, True, len(bars), time.perf_counter() - t0)
+        bars, problems = wl.read_bars_file(path, settings.date_format)
+        fetch = wl.frame_source(bars, settings.overlap_sessions, str(path), problems)
+        return Source(fetch, True, len(bars), time.perf_counter() - t0, tuple(problems))
     if settings.source == "yfinance":
         return Source(wl.yfinance_source(settings.overlap_sessions), False)
     return Source(_ibkr_fetcher(settings), False)
@@ -130,15 +151,36 @@ def _ibkr_fetcher(settings: IngestSettings) -> wl.Fetcher:
 class Ingest:
     """One ingest run over a connected database (the lock is held by the caller)."""
 
-    def __init__(self, settings: IngestSettings, engine: sa.Engine, entries: list[wl.WatchlistEntry]) -> None:
+    def __init__(
+        self, settings: IngestSettings, engine: sa.Engine, entries: list[wl.WatchlistEntry], source: Source
+    ) -> None:
         self.settings, self.engine, self.entries = settings, engine, entries
         self.start, self.end = check_dates(settings)
         self.reports = {e.symbol: SymbolReport(e.symbol) for e in entries}
+        self.unread_rows, self.unread_files = self.unread(source.problems)
+        self.unread_per_symbol = Counter(p.symbol for p in self.unread_rows)
         self.timings: dict[str, dict[str, float]] = {}
         self.rejected: list[pd.DataFrame] = []
         self.warnings: list[str] = []
         self.changed: set[str] = set()
         self.say = ingest_log.CappedLog(log)  # per-symbol lines: a bounded number on stdout, all in the log file
+
+    def unread(self, problems: Sequence[Problem]) -> tuple[list[Problem], list[Problem]]:
+        """The rows and the files a file source could not read, of watchlist symbols or of no known symbol; those
+        of other symbols are ignored, like their bars (listed in the log file)."""
+        rows: list[Problem] = []
+        files: list[Problem] = []
+        ignored: list[Problem] = []
+        for p in problems:
+            if p.symbol is not None and p.symbol not in self.reports:
+                ignored.append(p)
+            else:
+                (rows if p.line else files).append(p)
+        if ignored:
+            log.info("%d row(s) or file(s) not read, of symbols not in the watchlist: ignored", len(ignored))
+            for problem in ignored:
+                log.info("ignored, not read: %s", problem, extra=ingest_log.FILE_ONLY)
+        return rows, files
 
     def stage(self, name: str, seconds: float, rows: int) -> None:
         """Record a stage's wall time and row count (rows/s in the benchmark)."""
@@ -219,16 +261,19 @@ class Ingest:
     def record(self, f: wl.SymbolFetch, result: bar_store.UpsertResult, since: dict[str, dt.date]) -> None:
         """Fill the summary line of one fetched symbol."""
         report = self.reports[f.symbol]
-        report.fetched = len(f.bars)
+        unread = self.unread_per_symbol[f.symbol]  # rows its files hold but could not be read: on every run
+        report.fetched = len(f.bars) + unread
         if f.symbol in result.per_symbol.index:
             counts = result.per_symbol.loc[f.symbol]
             for col in ("inserted", "updated", "unchanged", "rejected"):
                 setattr(report, col, int(counts.get(col, 0)))
+        report.rejected += unread
         if report.inserted or report.updated:
             self.changed.add(f.symbol)
+        tried = len(f.bars) or (unread and f.status == wl.FetchStatus.UNKNOWN_SYMBOL)  # rows, not one valid
         if f.symbol in result.not_stored_symbols:
             report.status, report.error = "failed", result.error
-        elif report.fetched and report.rejected >= report.fetched:  # nothing stored is a failure, not low coverage
+        elif tried and report.rejected >= report.fetched:  # nothing stored is a failure, not low coverage
             report.status, report.error = "rejected", f"all {report.fetched} fetched row(s) rejected"
         elif f.status == wl.FetchStatus.STORED or (f.status == wl.FetchStatus.NO_DATA and f.symbol in since):
             report.status = "ok"  # NO_DATA for a stored symbol: nothing new since the last run
@@ -301,17 +346,22 @@ class Ingest:
         return table.drop(columns="error")
 
     def report_rejected(self) -> dict[str, Any]:
-        """Report the rejected rows (not fatal): summarized on stdout, each one in the log file; what
-        ``tt_ingest_runs.errors`` keeps of them."""
+        """Report the rows rejected or not read (not fatal): summarized on stdout, each one in the log file; and
+        the files not read (exit 3), each one; what ``tt_ingest_runs.errors`` keeps of them."""
         rejected = pd.concat(self.rejected, ignore_index=True) if self.rejected else pd.DataFrame()
         label = str(self.settings.csv) if self.settings.source == "csv" else self.settings.source
-        return ingest_log.report_rejected(log, rejected, label)
+        kept = ingest_log.report_rejected(log, rejected, label, self.unread_rows)
+        if self.unread_files:
+            log.warning("%d file(s) not read:", len(self.unread_files))
+        for problem in self.unread_files:
+            self.say("files not read", logging.WARNING, "  %s", problem)
+        return {**kept, "unread_files": [dataclasses.asdict(p) for p in self.unread_files]}
 
 
 def run(settings: IngestSettings, engine: sa.Engine, entries: list[wl.WatchlistEntry], source: Source) -> int:
     """Run the stages after the watchlist and the source are ready; return the exit code."""
     started = time.perf_counter()
-    job = Ingest(settings, engine, entries)
+    job = Ingest(settings, engine, entries, source)
     job.stage("read", source.read_s, source.rows_read)
     run_id = None if settings.dry_run else _open_run(engine, settings, job)
     code, status, errors = ExitCode.ERROR, "failed", {}
@@ -324,7 +374,8 @@ def run(settings: IngestSettings, engine: sa.Engine, entries: list[wl.WatchlistE
         job.say.close()
         table = job.summary()
         ingest_log.log_summary_table(log, table, FAILED_STATUSES)
-        code = ExitCode.PARTIAL if table["status"].isin(FAILED_STATUSES).any() else ExitCode.OK
+        partial = table["status"].isin(FAILED_STATUSES).any() or job.unread_files
+        code = ExitCode.PARTIAL if partial else ExitCode.OK
         status = "finished" if code == ExitCode.OK else "partial"
         failed = {s: r.error for s, r in job.reports.items() if r.status in FAILED_STATUSES}
         errors = {"failed": failed, **rejected, "warnings": job.warnings}

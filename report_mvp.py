@@ -243,7 +243,8 @@ def intervals_figure(doc: Mapping[str, Any]) -> Figure:
             if math.isnan(estimate):
                 ax.text(0.02, y, "n/a", va="center", transform=ax.get_yaxis_transform(), color="#8c8c8c")
                 continue
-            error = [[estimate - low], [high - estimate]] if not math.isnan(low) else None
+            # a bootstrap interval need not contain the point estimate: no negative error bars
+            error = [[max(estimate - low, 0.0)], [max(high - estimate, 0.0)]] if not math.isnan(low) else None
             ax.errorbar(estimate, y, xerr=error, fmt="o", capsize=4, color=COLORS.get(policy, "#111111"))
         ax.set_yticks(range(len(entries)), [LABELS.get(p, p) for p, _ in entries])
         ax.set_ylim(-0.6, len(entries) - 0.4)

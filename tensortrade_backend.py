@@ -299,9 +299,11 @@ class RiskInformer(TTInformer):
 
 
 def _streams(market: Market, codes: list[str], rows: slice, probe: _StateProbe) -> list[Stream]:
-    """The observed streams per row: per asset log return and each vol, then weights, cash fraction, drawdown."""
+    """The observed streams per row: per asset log return, each vol and each return sum, then weights, cash
+    fraction, drawdown."""
     vols = zip(market.vol_windows, market.vol, strict=True)
-    features = [("log_ret", market.log_ret)] + [(f"vol_{w}", v) for w, v in vols]
+    sums = zip(market.return_windows, market.ret_sum, strict=True)
+    features = [("log_ret", market.log_ret)] + [(f"vol_{w}", v) for w, v in vols] + [(f"ret_{w}", v) for w, v in sums]
     streams = [
         Stream.source(np.nan_to_num(values[rows, j]).tolist(), dtype="float").rename(f"{code}:{name}")
         for j, code in enumerate(codes)

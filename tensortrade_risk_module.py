@@ -26,6 +26,10 @@ from features import TRADING_DAYS_PER_YEAR
 from market import Market
 from settings import UserError, setting
 
+# Logit per unit of action in the softmax map: actions in [-1, 1] then span a single asset at ~98 % (others -1,
+# cash 0) to ~93 % cash (all -1) with 4 assets.
+SOFTMAX_GAIN = 4.0
+
 
 @dataclasses.dataclass(frozen=True)
 class EnvConfig:
@@ -35,6 +39,7 @@ class EnvConfig:
     window_size: int = setting(20, "days of per-asset features in each observation")
     vol_windows: tuple[int, ...] = setting((20, 60), "rolling volatility windows observed (days)")
     vol_window: int = setting(20, "which of --vol-windows the vol-targeting uses")
+    return_windows: tuple[int, ...] = setting((), "also observe each asset's log return summed over these windows")
     warmup: int = setting(60, "minimum days of history before the first decision")
     target_vol: float = setting(0.10, "annualized volatility target")
     vol_floor: float = setting(0.05, "realized volatility floor in the scaling (caps leverage at target/floor)")
@@ -42,7 +47,7 @@ class EnvConfig:
     cov_window: int = setting(60, "days of returns for the portfolio-level volatility estimate")
     max_weight: float = setting(0.5, "cap on each asset's absolute weight")
     max_gross: float = setting(1.0, "cap on the sum of absolute weights (<= 1: no margin)")
-    allow_short: bool = setting(False, "allow negative weights")
+    allow_short: bool = setting(False, "allow negative weights (target weights, and actions with --action-map clip)")
     rebalance_band: float = setting(0.01, "weight changes at or below this do not trade")
     fee_flat: float = setting(1.0, "flat fee per trade, in cash units")
     commission_bps: float = setting(1.0, "proportional commission in basis points of traded value")
@@ -54,6 +59,9 @@ class EnvConfig:
     max_drawdown: float = setting(0.25, "terminate when drawdown from peak net worth reaches this (1 = never)")
     episode_length: int | None = setting(None, "steps per episode (None = to the end of the data)")
     random_start: bool = setting(False, "draw the episode start from the environment's generator")
+    action_map: Literal["clip", "softmax"] = setting(
+        "softmax", "action -> raw weights: softmax over the assets and cash (zero action = equal split), or clip"
+    )
 
     def __post_init__(self) -> None:
         checks = [
@@ -61,6 +69,7 @@ class EnvConfig:
             ("window_size", self.window_size >= 1, ">= 1"),
             ("vol_windows", len(self.vol_windows) > 0 and min(self.vol_windows) >= 2, "non-empty, each >= 2"),
             ("vol_window", self.vol_window in self.vol_windows, f"one of vol_windows {self.vol_windows}"),
+            ("return_windows", all(w >= 1 for w in self.return_windows), "each >= 1"),
             ("warmup", self.warmup >= 0, ">= 0"),
             ("target_vol", self.target_vol > 0, "> 0"),
             ("vol_floor", self.vol_floor > 0, "> 0"),
@@ -79,7 +88,8 @@ class EnvConfig:
         for name, ok, rule in checks:
             if not ok:
                 raise UserError(f"setting --{name.replace('_', '-')}: {getattr(self, name)!r} must be {rule}")
-        for name, choices in (("vol_mode", ("per_asset", "portfolio")), ("execution", ("next_open", "close"))):
+        for name, choices in (("vol_mode", ("per_asset", "portfolio")), ("execution", ("next_open", "close")),
+                              ("action_map", ("clip", "softmax"))):  # fmt: skip
             if getattr(self, name) not in choices:
                 raise UserError(f"setting --{name.replace('_', '-')}: {getattr(self, name)!r} not in {choices}")
         if self.reward not in ("risk_aware", "differential_sharpe"):
@@ -89,7 +99,7 @@ class EnvConfig:
     def first_decision(self) -> int:
         """Date index of the earliest decision: every observed feature and the vol estimate are defined."""
         cov = self.cov_window if self.vol_mode == "portfolio" else 0
-        return max(self.warmup, max(self.vol_windows), cov, self.window_size - 1)
+        return max(self.warmup, max(self.vol_windows), *self.return_windows, cov, self.window_size - 1)
 
 
 def env_config(**overrides: Any) -> EnvConfig:
@@ -148,6 +158,7 @@ def kernel_params(config: EnvConfig) -> np.ndarray:
         (kernels.P_WINDOW_SIZE, config.window_size),
         (kernels.P_FILL_OFFSET, config.execution == "next_open"),
         (kernels.P_ANNUALIZE, math.sqrt(TRADING_DAYS_PER_YEAR)),
+        (kernels.P_SOFTMAX_GAIN, SOFTMAX_GAIN if config.action_map == "softmax" else 0.0),
     ):
         params[index] = value
     return params
@@ -281,7 +292,7 @@ class VolTargetActionScheme:
 
     @property
     def action_space(self) -> gym.spaces.Box:
-        """Box(-1, 1, (N,)); long-only treats negative entries as 0."""
+        """Box(-1, 1, (N,)); ``clip``: long-only treats negative entries as 0; ``softmax``: logits 4·a, cash 0."""
         return gym.spaces.Box(-1.0, 1.0, (self.n_assets,), np.float32)
 
     def targets(self, action: np.ndarray, t: int | np.ndarray) -> np.ndarray:
@@ -336,10 +347,10 @@ class Observer:
     """Flat float32 observation: a window of per-asset features, current weights, cash fraction, drawdown."""
 
     def __init__(self, config: EnvConfig, market: Market) -> None:
-        """Precompute the feature matrix once (per date: asset-major [log_ret, vol_w1, vol_w2, ...])."""
+        """Precompute the feature matrix once (per date: asset-major [log_ret, vol_w..., ret_sum_w...])."""
         self.window_size = config.window_size
         n_dates, n_assets = market.close.shape
-        features = np.stack([market.log_ret, *market.vol], axis=-1).reshape(n_dates, -1)
+        features = np.stack([market.log_ret, *market.vol, *market.ret_sum], axis=-1).reshape(n_dates, -1)
         self.features = np.ascontiguousarray(np.nan_to_num(features), dtype=np.float32)
         self.size = self.features.shape[1] * self.window_size + n_assets + 2
 
@@ -412,10 +423,13 @@ class LazyInfo(dict):
     Building B full info dicts costs more than the whole batched step, and training reads them only for
     finished copies; so every read (item, ``get``, ``in``, iteration, ``len``, ``keys``/``items``/``values``,
     ``copy`` (a plain dict), ``repr``, ``==``, pickling) first fills the record from the step's arrays. Keys set
-    before the fill (SB3's ``terminal_observation`` ...) are kept.
+    before the fill (SB3's ``terminal_observation`` ...) are kept. ``get`` and ``in`` of a key the record does not
+    hold (SB3 asks every info for ``episode`` and ``is_success`` at every step) answer without filling: a fill
+    would not add it.
     """
 
     __slots__ = ("row", "source")
+    RECORD_KEYS = frozenset(("date", "weights", "target_weights", *Informer.KEYS))
     row: int
     source: Callable[[int], dict[str, Any]] | None
 
@@ -427,6 +441,13 @@ class LazyInfo(dict):
             for key, value in source(self.row).items():
                 dict.setdefault(self, key, value)
         return self
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """``dict.get``, filling the record first only when ``key`` is one of its keys."""
+        return dict.get(self.fill() if key in self.RECORD_KEYS else self, key, default)
+
+    def __contains__(self, key: object) -> bool:
+        return dict.__contains__(self.fill() if key in self.RECORD_KEYS else self, key)
 
     def __missing__(self, key: str) -> Any:
         if getattr(self, "source", None) is None:
@@ -444,6 +465,6 @@ def _reading(name: str) -> Any:
     return read
 
 
-for _name in ("get", "__contains__", "__iter__", "__len__", "keys", "values", "items", "copy", "__repr__",
+for _name in ("__iter__", "__len__", "keys", "values", "items", "copy", "__repr__",
               "__eq__", "__ne__", "__reduce_ex__", "pop", "popitem", "setdefault", "__or__", "__ror__"):  # fmt: skip
     setattr(LazyInfo, _name, _reading(_name))

@@ -182,12 +182,14 @@ def market_and_config(bars: pd.DataFrame | Market, config: dict[str, Any] | EnvC
     """The validated settings and the market they apply to (built from ``bars`` unless already a Market).
 
     :param config: :class:`~tensortrade_risk_module.EnvConfig` fields, or an already validated EnvConfig.
-    :raise UserError: a bad setting or bars, or a Market built with other ``vol_windows``.
+    :raise UserError: a bad setting or bars, or a Market built with other ``vol_windows`` or ``return_windows``.
     """
     cfg = config if isinstance(config, EnvConfig) else env_config(**config)
     market = bars if isinstance(bars, Market) else build_market(bars, cfg)
-    if market.vol_windows != cfg.vol_windows:
-        raise UserError(f"market was built with vol_windows {market.vol_windows}, the settings say {cfg.vol_windows}")
+    for name in ("vol_windows", "return_windows"):
+        built, wanted = getattr(market, name), tuple(getattr(cfg, name))
+        if built != wanted:
+            raise UserError(f"market was built with {name} {built}, the settings say {wanted}")
     return market, cfg
 
 

@@ -23,7 +23,7 @@ import sqlalchemy as sa
 
 import db_utils
 import run_records
-from checkpoints import TrainingState, load_model, read_checkpoint
+from checkpoints import CLIP_OBS, LEGACY_SETTINGS, TrainingState, load_model, load_normalization, read_checkpoint
 from settings import REPO_ROOT, CommonSettings, ExitCode, UserError, convert, parse_command, resolve, run_cli, setting
 from step_fallback import load_fallback
 from step_logger import RETRIABLE
@@ -36,6 +36,7 @@ class TrainSettings(EnvConfig, CommonSettings):
     """Settings of ``train_mvp.py``: the run, PPO, and every environment parameter (:class:`EnvConfig`)."""
 
     episodes: int = setting(2, "episodes to train (with --resume: further episodes)")
+    timesteps: int | None = setting(None, "train this many env steps (SB3 total_timesteps) instead of --episodes")
     start: dt.date | None = setting(None, "first date of the training slice (default: first stored date)")
     end: dt.date | None = setting(None, "last date of the training slice (default: stored range minus the holdout)")
     holdout: float = setting(0.2, "fraction of the stored sessions at the end kept out of training when --end unset")
@@ -43,13 +44,23 @@ class TrainSettings(EnvConfig, CommonSettings):
     watchlist: Path = setting(REPO_ROOT / "tensorwatchlist.csv", "watchlist CSV whose symbols are traded")
     force: bool = setting(False, "train even on symbols flagged below the coverage threshold")
     seed: int = setting(0, "seed of PPO, torch and the environments")
-    n_envs: int = setting(1, "environments stepped together (make_vec_env)")
+    n_envs: int = setting(64, "environments stepped together (make_vec_env)")
     torch_threads: int = setting(1, "torch CPU threads (1 is fastest for this small MLP and deterministic)")
-    n_steps: int = setting(2048, "PPO rollout steps per environment between updates")
-    batch_size: int = setting(64, "PPO minibatch size")
-    n_epochs: int = setting(10, "PPO epochs per update")
+    n_steps: int = setting(64, "PPO rollout steps per environment between updates (x n_envs per update)")
+    batch_size: int = setting(1024, "PPO minibatch size")
+    n_epochs: int = setting(3, "PPO epochs per update (3 learned as well as 5, faster: docs/training.md)")
     learning_rate: float = setting(3e-4, "PPO learning rate")
-    gamma: float = setting(0.99, "PPO discount factor")
+    gamma: float = setting(0.5, "PPO discount factor (an action mostly decides the next day's return)")
+    net_arch: tuple[int, ...] = setting((64, 64), "hidden layer sizes of the policy and value networks")
+    log_std_init: float = setting(0.0, "initial log standard deviation of the Gaussian policy")
+    norm_obs: bool = setting(True, "normalize observations by running mean/std (saved with every checkpoint)")
+    norm_reward: bool = setting(True, "scale PPO's rewards by the running std of the discounted return (training)")
+    # Training defaults of environment settings (EnvConfig keeps the environment's own): docs/training.md, ablation.
+    window_size: int = setting(1, "days of per-asset features in each observation")
+    vol_windows: tuple[int, ...] = setting((5, 20, 60), "rolling volatility windows observed (days)")
+    return_windows: tuple[int, ...] = setting((5, 20, 60), "also observe each asset's log return summed over these")
+    random_start: bool = setting(True, "draw each training episode's start at random (evaluation: whole slice)")
+    episode_length: int | None = setting(256, "steps per training episode (None = to the end of the data)")
     backend: Literal["native", "tensortrade"] = setting("native", "environment implementation")
     checkpoint_dir: Path = setting(REPO_ROOT / "checkpoints", "checkpoints go to CHECKPOINT_DIR/<run_id>/")
     keep_checkpoints: int = setting(3, "per-episode checkpoints kept (the final one is always kept)")
@@ -65,6 +76,7 @@ class TrainSettings(EnvConfig, CommonSettings):
         super().__post_init__()
         checks = [
             ("episodes", self.episodes >= 1, ">= 1"),
+            ("timesteps", self.timesteps is None or self.timesteps >= 1, ">= 1 or None"),
             ("n_envs", self.n_envs >= 1, ">= 1"),
             ("torch_threads", self.torch_threads >= 1, ">= 1"),
             ("n_steps", self.n_steps >= 2, ">= 2 (PPO normalizes advantages over each rollout)"),
@@ -72,6 +84,8 @@ class TrainSettings(EnvConfig, CommonSettings):
             ("n_epochs", self.n_epochs >= 1, ">= 1"),
             ("learning_rate", math.isfinite(self.learning_rate) and self.learning_rate > 0, "a finite number > 0"),
             ("gamma", 0 < self.gamma <= 1, "in (0, 1]"),
+            ("net_arch", len(self.net_arch) > 0 and min(self.net_arch) >= 1, "non-empty, each >= 1"),
+            ("log_std_init", math.isfinite(self.log_std_init) and abs(self.log_std_init) <= 5, "in [-5, 5]"),
             ("holdout", 0 <= self.holdout < 1, "in [0, 1): the share of sessions kept out of training"),
             ("seed", 0 <= self.seed < 2**32, "in [0, 2**32)"),
             ("keep_checkpoints", self.keep_checkpoints >= 0, ">= 0"),
@@ -159,19 +173,40 @@ def seed_everything(settings: TrainSettings) -> None:
     set_random_seed(settings.seed)
 
 
-def build_model(settings: TrainSettings, env: Any, resume_zip: Path | None) -> Any:
-    """A new PPO model, or the one saved in ``resume_zip`` attached to ``env``.
+def normalized_env(settings: TrainSettings, env: Any, resume_zip: Path | None) -> Any:
+    """``env`` behind SB3's VecNormalize with ``--norm-obs``/``--norm-reward``; on resume, the saved statistics.
 
-    :raise UserError: (USAGE) an unreadable checkpoint, or settings PPO refuses (named).
+    Raw features differ in scale by ~100x (daily log returns ~0.01, annualized volatilities ~0.2) and rewards
+    are ~1e-3: without normalization the policy hardly reacts to returns and the value function learns slowly
+    (docs/training.md, ablation). Reward scaling only shapes PPO's updates: logged rewards stay raw.
+    """
+    if not (settings.norm_obs or settings.norm_reward):
+        return env
+    if resume_zip is not None:
+        return load_normalization(resume_zip, env)
+    from stable_baselines3.common.vec_env import VecNormalize
+
+    return VecNormalize(env, norm_obs=settings.norm_obs, norm_reward=settings.norm_reward, clip_obs=CLIP_OBS,
+                        gamma=settings.gamma)  # fmt: skip
+
+
+def build_model(settings: TrainSettings, env: Any, resume_zip: Path | None) -> Any:
+    """A new PPO model, or the one saved in ``resume_zip``, acting on ``env`` (behind its normalization).
+
+    :raise UserError: (USAGE) an unreadable checkpoint, or settings PPO refuses (named); (NOT_FOUND) a
+        checkpoint whose normalization statistics are missing.
     """
     from stable_baselines3 import PPO
 
+    venv = normalized_env(settings, env, resume_zip)
     if resume_zip is not None:
-        return load_model(resume_zip, env)
+        return load_model(resume_zip, venv)
+    policy = {"net_arch": list(settings.net_arch), "log_std_init": settings.log_std_init}
     try:
         return PPO(
-            "MlpPolicy", env, n_steps=settings.n_steps, batch_size=settings.batch_size, n_epochs=settings.n_epochs,
+            "MlpPolicy", venv, n_steps=settings.n_steps, batch_size=settings.batch_size, n_epochs=settings.n_epochs,
             learning_rate=settings.learning_rate, gamma=settings.gamma, seed=settings.seed, device="cpu", verbose=0,
+            policy_kwargs=policy,
         )  # fmt: skip
     except (AssertionError, ValueError) as exc:  # SB3 checks its arguments with asserts
         raise UserError(f"PPO settings: {exc}") from None
@@ -237,10 +272,11 @@ def plan_resume(engine: sa.Engine, settings: TrainSettings, checkpoint: Path) ->
 
 def _resumed_settings(state: TrainingState) -> dict[str, Any]:
     """The checkpoint's settings, except those a resumed run may change (episodes, logging, database)."""
-    changeable = {"episodes", "step_log", "database_url", "sqlite_path", "log_dir", "verbose", "keep_checkpoints",
-                  "resume", "show_run", "load_steps", "last", "evaluate"}  # fmt: skip
+    changeable = {"episodes", "timesteps", "step_log", "database_url", "sqlite_path", "log_dir", "verbose",
+                  "keep_checkpoints", "resume", "show_run", "load_steps", "last", "evaluate"}  # fmt: skip
     hints = typing.get_type_hints(TrainSettings)  # a setting this version no longer has cannot apply: skipped
-    return {k: convert(v, hints[k], k) for k, v in state.settings.items() if k in hints and k not in changeable}
+    stored = {**LEGACY_SETTINGS, **state.settings}  # a checkpoint from before a setting existed trained without it
+    return {k: convert(v, hints[k], k) for k, v in stored.items() if k in hints and k not in changeable}
 
 
 def train(engine: sa.Engine, settings: TrainSettings) -> int:

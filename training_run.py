@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as dt
+import math
 import signal
 import threading
 import time
@@ -34,6 +35,8 @@ class SessionSettings(Protocol):
 
     @property
     def episodes(self) -> int: ...
+    @property
+    def timesteps(self) -> int | None: ...
     @property
     def seed(self) -> int: ...
     @property
@@ -83,10 +86,13 @@ def sigterm_as_interrupt() -> contextlib.AbstractContextManager[None]:
 
 
 class EpisodeCallback(BaseCallback):
-    """Numbers episodes, logs each step from the VecEnv's ``last_step``, reports and checkpoints each episode.
+    """Numbers episodes, logs each step from the VecEnv's ``last_step``, reports episodes and checkpoints them.
 
     An episode gets the next number when its first step is taken, so numbers follow start order with no gaps;
-    training stops at the first step where ``target`` episodes have completed (across all environments).
+    training stops at the first step where ``target`` episodes have completed (across all environments), or
+    with ``--timesteps`` when SB3's step budget is spent. Checkpoints: at most two per rollout (its first
+    completed episode at once, later ones at its end): with many short episodes in parallel, one per episode
+    would cost more than the training.
     """
 
     def __init__(self, settings: SessionSettings, env: Any, log: StepLogger, state: TrainingState, bar: tqdm) -> None:
@@ -94,7 +100,10 @@ class EpisodeCallback(BaseCallback):
         super().__init__()
         self.settings, self.vec, self.log, self.bar = settings, env, log, bar
         self.state = dataclasses.replace(state, settings=settings_record(settings))
-        self.target = state.episodes_done + settings.episodes
+        # --timesteps: SB3's total_timesteps ends training, not an episode count
+        self.target = state.episodes_done + settings.episodes if settings.timesteps is None else math.inf
+        self.unsaved = False  # an episode completed since the last checkpoint
+        self.saved_in_rollout = False
         self.dates = np.array([str(d) for d in env.dates])
         n = env.num_envs
         self.episode, self.steps = np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64)
@@ -132,8 +141,22 @@ class EpisodeCallback(BaseCallback):
         done = np.flatnonzero(self.locals["dones"])
         if len(done):
             self.finish(done, [self.locals["infos"][i]["stop_reason"] for i in done])
+            self.unsaved = True
+            if not self.saved_in_rollout:
+                self.saved_in_rollout = True
+                self._on_rollout_end()
+        if self.state.episodes_done >= self.target or self.stop_requested:
+            self._on_rollout_end()  # training stops here: checkpoint the episodes that just completed
+            return False
+        return True
+
+    def _on_rollout_start(self) -> None:
+        self.saved_in_rollout = False
+
+    def _on_rollout_end(self) -> None:
+        if self.unsaved:
             self.checkpoint(f"episode_{self.state.episodes_done:05d}")
-        return self.state.episodes_done < self.target and not self.stop_requested
+            self.unsaved = False
 
     def finish(self, rows: np.ndarray, reasons: list[str], completed: bool = True) -> None:
         """Record and print the episodes of environments ``rows``; they start afresh at the next step."""
@@ -171,7 +194,8 @@ class EpisodeCallback(BaseCallback):
 
     def checkpoint(self, name: str) -> Path:
         """Save model + run state under the run's folder (:raise UserError: the folder cannot be written)."""
-        return save_checkpoint(self.model, self.state, name, self.settings.keep_checkpoints)
+        normalizer = self.model.get_vec_normalize_env()  # None when the run trains on raw observations and rewards
+        return save_checkpoint(self.model, self.state, name, self.settings.keep_checkpoints, normalizer)
 
 
 @dataclasses.dataclass
@@ -190,7 +214,8 @@ class _Outcome:
 
 
 def run_training(engine: sa.Engine, settings: SessionSettings, model: Any, env: Any, state: TrainingState) -> int:
-    """Learn until ``settings.episodes`` more episodes complete; always checkpoint, flush and record the outcome.
+    """Learn until ``settings.episodes`` more episodes complete (or ``settings.timesteps`` more env steps are
+    taken); always checkpoint, flush and record the outcome.
 
     :return: exit code: OK, INTERRUPTED, or PARTIAL when rows went to the step-log fallback file (or were lost).
     :raise Exception: what ended training (a :class:`UserError` for a checkpoint that cannot be written), after
@@ -200,12 +225,15 @@ def run_training(engine: sa.Engine, settings: SessionSettings, model: Any, env: 
     fallback = Path(settings.log_dir) / f"steps_{run_id}_{dt.datetime.now():%H%M%S}.jsonl"
     log = StepLogger(engine, run_id, fallback, announce=lambda m: tqdm.write(m))
     # disable=None: no bar when stderr is not a terminal (cron, log files); episode lines still print.
-    bar = tqdm(total=settings.episodes, unit="episode", desc=f"run {run_id}", dynamic_ncols=True, disable=None)
+    total = None if settings.timesteps else settings.episodes
+    bar = tqdm(total=total, unit="episode", desc=f"run {run_id}", dynamic_ncols=True, disable=None)
     callback = EpisodeCallback(settings, env, log, state, bar)
-    budget = settings.episodes * len(env.dates) * env.num_envs + settings.n_steps * env.num_envs  # never binding
+    # --episodes: a step budget that never binds (the callback stops training); --timesteps: SB3's own
+    budget = settings.timesteps or settings.episodes * len(env.dates) * env.num_envs + settings.n_steps * env.num_envs
     outcome, started = _Outcome(secret=settings.database_url), time.perf_counter()
     try:
-        print(f"run {run_id}: training {settings.episodes} episode(s) on {', '.join(env.symbols)}, "
+        amount = f"{settings.timesteps} env steps" if settings.timesteps else f"{settings.episodes} episode(s)"
+        print(f"run {run_id}: training {amount} on {', '.join(env.symbols)}, "
               f"{env.dates[0]} .. {env.dates[-1]}, seed {settings.seed}, {env.num_envs} env(s)")  # fmt: skip
         with _signals_handled(callback.request_stop, (signal.SIGINT, signal.SIGTERM)):
             model.learn(total_timesteps=budget, callback=callback, reset_num_timesteps=state.total_steps == 0)

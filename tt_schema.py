@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 import sqlalchemy as sa
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: tt_signals and tt_shadow (predict_mvp.py, issue 15)
 
 metadata = sa.MetaData()
 
@@ -183,8 +183,34 @@ evaluations = sa.Table(
     sa.Column("metrics", sa.JSON),
 )
 
+signals = sa.Table(
+    "tt_signals",
+    metadata,
+    sa.Column("run_id", sa.String(64), primary_key=True),
+    sa.Column("as_of", sa.Date, primary_key=True),  # the close the targets were computed at
+    sa.Column("symbol", sa.String(32), primary_key=True),
+    sa.Column("target_weight", sa.Double, nullable=False),  # what to hold from the next fill on
+    sa.Column("raw_weight", sa.Double),  # the action map's weight, before vol targeting
+    sa.Column("scale", sa.Double),  # vol-targeting factor applied to the raw weight
+    sa.Column("capped_weight", sa.Double),  # after the per-asset and gross caps (= target_weight)
+    sa.Column("previous_weight", sa.Double),  # the shadow portfolio's weight at the as-of close
+    sa.Column("close", sa.Double),  # stored close at as_of, for the advisory trade list
+)
+
+shadow = sa.Table(
+    "tt_shadow",
+    metadata,
+    sa.Column("run_id", sa.String(64), primary_key=True),
+    sa.Column("date", sa.Date, primary_key=True),  # the close the day ends at
+    sa.Column("daily_return", sa.Double, nullable=False),
+    sa.Column("net_worth", sa.Double, nullable=False),
+    sa.Column("turnover", sa.Double, nullable=False),
+    sa.Column("fees", sa.Double, nullable=False),
+    sa.Column("signal_as_of", sa.Date),  # the signal traded that day (None: no signal, the portfolio held)
+)
+
 # Version -> step run inside the upgrade transaction after the additive pass; for changes that adding
-# tables and nullable columns cannot express (renames, backfills). Empty while the schema is at version 1.
+# tables and nullable columns cannot express (renames, backfills). Version 2 only added tables: no step.
 UPGRADE_STEPS: dict[int, Callable[[sa.Connection], None]] = {}
 
 

@@ -12,19 +12,20 @@ import datetime as dt
 import itertools
 import logging
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from enum import StrEnum
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from bar_validation import VALUE_COLUMNS
+import bar_files
+from bar_files import Problem
+from bar_validation import BAR_COLUMNS, VALUE_COLUMNS
 from settings import REPO_ROOT, ExitCode, UserError
 
 log = logging.getLogger("mvp_pipeline")
 
-BAR_COLUMNS: tuple[str, ...] = ("symbol", "date", *VALUE_COLUMNS)
 SAMPLE_CSV = REPO_ROOT / "data" / "sample_daily_bars.csv.gz"
 WATCHLIST_COLUMNS = ("symbol", "exchange", "currency", "sec_type", "primary_exchange", "name", "notes")
 MAX_SYMBOL_LENGTH = 12
@@ -63,8 +64,8 @@ class SymbolFetch:
     """What a source returns for one symbol.
 
     ``bars`` has the columns of :data:`BAR_COLUMNS` (``date`` as ``datetime.date``, ``adj_close`` may be
-    NaN) and may be empty. ``metadata`` carries source identifiers for ``tt_symbols`` (e.g. ``ib_con_id``,
-    ``primary_exchange``, ``first_available_date``).
+    NaN), file sources also ``file`` and ``line``; it may be empty. ``metadata`` carries source identifiers
+    for ``tt_symbols`` (e.g. ``ib_con_id``, ``primary_exchange``, ``first_available_date``).
     """
 
     symbol: str
@@ -184,87 +185,35 @@ def load_watchlist(path: Path) -> list[WatchlistEntry]:
 
 # ---------------------------------------------------------------------------------------------------- files
 
-_YAHOO_RENAMES = {"adjclose": "adj_close"}  # "Adj Close" already becomes adj_close
 
+def read_bars_file(path: Path, date_format: str | None = None) -> tuple[pd.DataFrame, list[Problem]]:
+    """Bars of a bar file or of a folder of them, in any layout ``bar_files`` knows (long, Yahoo, Stooq, Alpha
+    Vantage, IB, European Excel ...; gzip allowed); a folder's files named by symbol (``spy.us.txt``).
 
-def _read_csv(path: Path, symbol: str | None = None) -> pd.DataFrame:
-    """One CSV file (gzip allowed) in long or Yahoo layout, as bars with canonical symbols and datetime dates."""
-    try:
-        # No default NA strings: NA and NAN are real tickers; numbers are coerced below ("null", "NaN" -> NaN).
-        frame = pd.read_csv(
-            path, dtype={"date": str, "Date": str, "symbol": str}, keep_default_na=False, na_values=[""]
-        )
-    except FileNotFoundError:
-        raise UserError(f"csv {path}: no such file") from None
-    except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError, EOFError) as exc:
-        raise UserError(f"csv {path}: cannot read: {str(exc).strip().splitlines()[0]}") from None
-    frame.columns = [_YAHOO_RENAMES.get(c, c) for c in (c.strip().lower().replace(" ", "_") for c in frame.columns)]
-    required = ["date", "open", "high", "low", "close", "volume"] + ([] if symbol else ["symbol"])
-    missing = [c for c in required if c not in frame.columns]
-    unknown = [c for c in frame.columns if c not in BAR_COLUMNS]
-    if missing or unknown:
-        problem = f"missing column(s) {', '.join(missing)}" if missing else f"unknown column(s) {', '.join(unknown)}"
-        expected = "Date,Open,High,Low,Close[,Adj Close],Volume" if symbol else ",".join(BAR_COLUMNS)
-        raise UserError(f"csv {path}: {problem}; expected {expected}")
-    out = pd.DataFrame({"symbol": symbol if symbol else frame["symbol"]}, index=frame.index)
-    out["date"] = pd.to_datetime(frame["date"], format="ISO8601", errors="coerce")
-    retry = out["date"].isna() & frame["date"].notna()  # stray whitespace: strip only where needed (str ops are slow)
-    if retry.any():
-        out.loc[retry, "date"] = pd.to_datetime(frame.loc[retry, "date"].str.strip(), format="ISO8601", errors="coerce")
-    for col in VALUE_COLUMNS:
-        out[col] = pd.to_numeric(frame[col], errors="coerce").astype("float64") if col in frame else np.nan
-    return out
-
-
-def _canonical_or_raw(values: pd.Series) -> pd.Series:
-    mapping = {}
-    for raw in values.dropna().unique():
-        try:
-            mapping[raw] = canonical_symbol(raw)
-        except ValueError:
-            mapping[raw] = raw  # never matches a watchlist symbol; reported as not in the watchlist
-    return values.map(mapping)
-
-
-def read_bars_file(path: Path) -> pd.DataFrame:
-    """Bars from a long-format CSV or a folder of per-symbol Yahoo-layout CSVs (``<SYMBOL>.csv[.gz]``).
-
-    Numbers that do not parse become NaN (the upsert rejects those rows with a reason), so one bad row never
-    stops a file. :raise UserError: (exit code 2) naming the file for a missing/unreadable file or bad header.
+    :return: (bars in :data:`BAR_COLUMNS` + ``SOURCE_COLUMNS`` (file, line) with canonical symbols; one
+        ``bar_files.Problem`` per row or folder file not read).
+    :raise UserError: (exit code 2) one line naming the file, when a file (not a folder's file) cannot be read.
     """
-    path = Path(path)
-    if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.name.lower().endswith((".csv", ".csv.gz")))
-        if not files:
-            raise UserError(f"csv folder {path}: no .csv or .csv.gz files")
-        frames = []
-        for file in files:
-            stem = file.name[: -len(".csv.gz")] if file.name.lower().endswith(".gz") else file.stem
-            try:
-                frames.append(_read_csv(file, canonical_symbol(stem)))
-            except ValueError as exc:
-                raise UserError(f"csv {file}: the file name must be the symbol: {exc}") from None
-        frame = pd.concat(frames, ignore_index=True)
-    else:
-        frame = _read_csv(path)
-        frame["symbol"] = _canonical_or_raw(frame["symbol"])
-    return frame.loc[:, list(BAR_COLUMNS)]
+    if Path(path).is_dir():
+        return bar_files.read_bar_files(path, canonical=canonical_symbol, date_format=date_format)
+    return bar_files.read_bar_file(path, canonical=canonical_symbol, date_format=date_format)
 
 
-def frame_source(bars: pd.DataFrame, overlap_sessions: int, label: str) -> Fetcher:
-    """A source over bars already in memory (the sample and csv sources).
+def frame_source(bars: pd.DataFrame, overlap_sessions: int, label: str, problems: Sequence[Problem] = ()) -> Fetcher:
+    """A source over bars already in memory (the sample and csv sources), read by :func:`read_bars_file`.
 
     Incremental symbols (in ``since``) get the bars from ``overlap_sessions`` business days before their last
-    stored bar; the first date in the file is reported as the symbol's first available date. Rows whose date
-    does not parse are always passed on, so the upsert rejects and reports them.
+    stored bar; the first date in the file is reported as the symbol's first available date, unless some of the
+    symbol's rows were not read (a ``problems`` entry with a ``line``). A symbol without bars whose file could
+    not be read (a ``problems`` entry with ``line`` 0) fails with that file's reason.
     """
-    no_symbol = int(bars["symbol"].isna().sum())
-    if no_symbol:
-        log.warning("%s: %d row(s) without a symbol ignored", label, no_symbol)
-    bars = bars[bars["symbol"].notna()].sort_values(["symbol", "date"], kind="stable", ignore_index=True)
+    bars = bars.sort_values(["symbol", "date"], kind="stable", ignore_index=True)
     symbols, dates = bars["symbol"].astype(str).to_numpy(), bars["date"].to_numpy()
     edges = np.r_[0, np.flatnonzero(symbols[1:] != symbols[:-1]) + 1, len(bars)]
-    spans = {symbols[a]: (int(a), int(b)) for a, b in itertools.pairwise(edges)}
+    spans = {symbols[a]: (int(a), int(b)) for a, b in itertools.pairwise(edges) if b > a}  # none for no bars
+    unread = {p.symbol: p for p in reversed(problems) if p.line == 0 and p.symbol}  # the first one per symbol
+    # a row not read may be the first: then the first bar's date is not the first available date
+    partly_read = {p.symbol for p in problems if p.line}
 
     def fetch(
         entries: list[WatchlistEntry], start: dt.date, end: dt.date, since: dict[str, dt.date]
@@ -274,15 +223,20 @@ def frame_source(bars: pd.DataFrame, overlap_sessions: int, label: str) -> Fetch
             log.info("%s: %d symbol(s) not in the watchlist, ignored: %s", label, len(extra), _shorten(extra))
         for entry in entries:
             if entry.symbol not in spans:
-                yield SymbolFetch(entry.symbol, FetchStatus.UNKNOWN_SYMBOL, empty_bars(), f"not in {label}")
+                if entry.symbol in unread:
+                    problem = unread[entry.symbol]
+                    why = f"{problem.file}: {problem.reason}" + (f" ({problem.raw})" if problem.raw else "")
+                    yield SymbolFetch(entry.symbol, FetchStatus.FAILED, empty_bars(), why)
+                else:
+                    yield SymbolFetch(entry.symbol, FetchStatus.UNKNOWN_SYMBOL, empty_bars(), f"not in {label}")
                 continue
             a, b = spans[entry.symbol]
-            nat = a + int(np.searchsorted(np.isnat(dates[a:b]), True))  # NaT sorts last
             lo = _fetch_from(start, since.get(entry.symbol), overlap_sessions)
-            first = a + np.searchsorted(dates[a:nat], np.datetime64(lo), "left")
-            last = a + np.searchsorted(dates[a:nat], np.datetime64(end), "right")
-            part = bars.iloc[np.r_[first:last, nat:b]]
-            meta = {} if entry.symbol in since or a == nat else {"first_available_date": pd.Timestamp(dates[a]).date()}
+            first = a + np.searchsorted(dates[a:b], np.datetime64(lo), "left")
+            last = a + np.searchsorted(dates[a:b], np.datetime64(end), "right")
+            part = bars.iloc[first:last]
+            known = entry.symbol not in since and entry.symbol not in partly_read
+            meta = {"first_available_date": pd.Timestamp(dates[a]).date()} if known else {}
             status = FetchStatus.STORED if len(part) else FetchStatus.NO_DATA
             error = None if len(part) else f"no bars in {label} between {lo} and {end}"
             yield SymbolFetch(entry.symbol, status, part, error, metadata=meta)

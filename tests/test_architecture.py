@@ -24,8 +24,8 @@ USERS = sorted([*REPO.glob("tools/*.py"), *REPO.glob("bench/*.py"), *REPO.glob("
 # The environment may not import storage (no SQLAlchemy in environment workers), nor sources (no ib_async).
 LAYERS = (
     ("foundation", "settings", ""),
-    ("core", "bar_validation features metrics evaluation_stats seed_stats", "foundation"),
-    ("sources", "bar_files watchlist_loader ibkr_pacing ibkr_parsing ibkr_source", "foundation core"),
+    ("core", "bar_validation features metrics evaluation_stats seed_stats planted_markets", "foundation"),
+    ("sources", "bar_files bar_parsing watchlist_loader ibkr_pacing ibkr_parsing ibkr_source", "foundation core"),
     ("storage", "tt_schema db_utils bar_store coverage_check", "foundation core"),
     (
         "environment",
@@ -34,12 +34,13 @@ LAYERS = (
     ),
     (
         "runs",
-        "checkpoints run_records step_logger step_fallback training_run ingest_log evaluation_records report_mvp",
+        "checkpoints run_records step_logger step_fallback training_run ingest_log evaluation_records report_mvp "
+        "signal_records",
         "foundation core sources storage environment",
     ),
     (
         "commands",
-        "create_tt_tables mvp_pipeline train_mvp evaluate_mvp",
+        "create_tt_tables mvp_pipeline train_mvp evaluate_mvp predict_mvp",
         "foundation core sources storage environment runs",
     ),
 )

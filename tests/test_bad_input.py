@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import gzip
 import json
 import logging
 import os
@@ -158,6 +159,48 @@ def all_rejected(folder: Path, db: str) -> tuple[str, list[str]]:
     return db, csv_args(folder, edit)
 
 
+def corrupt_gzip(folder: Path, db: str) -> tuple[str, list[str]]:
+    argv = csv_args(folder)
+    path = folder / "bars.csv.gz"
+    path.write_bytes(gzip.compress(Path(argv[3]).read_bytes())[:300])  # truncated, as by a broken download
+    argv[3] = str(path)
+    return db, argv
+
+
+def day_month_dates(*extra: str) -> Prepare:
+    """SPY and QQQ, 2020-01-02 .. 2020-01-10 (7 sessions each), dates written D/M/YYYY: no day above 12."""
+
+    def prepare(folder: Path, db: str) -> tuple[str, list[str]]:
+        argv = csv_args(folder)
+        bars = pd.read_csv(argv[3])
+        bars = bars[bars["date"] <= "2020-01-10"]
+        bars.assign(date=pd.to_datetime(bars["date"]).dt.strftime("%d/%m/%Y")).to_csv(argv[3], index=False)
+        return db, [*argv[:6], "--start", "2020-01-02", "--end", "2020-01-10", *extra]
+
+    return prepare
+
+
+def yahoo_folder(bad: dict[str, bytes]) -> Prepare:
+    """SPY.csv and QQQ.csv in the Yahoo layout (January 2020), plus the files in ``bad``."""
+
+    def prepare(folder: Path, db: str) -> tuple[str, list[str]]:
+        argv = csv_args(folder)
+        bars = pd.read_csv(argv[3]).rename(columns=str.title).rename(columns={"Adj_Close": "Adj Close"})
+        files = folder / "files"
+        files.mkdir()
+        for symbol, rows in bars.groupby("Symbol"):
+            rows.drop(columns="Symbol").to_csv(files / f"{symbol}.csv", index=False)
+        for name, data in bad.items():
+            (files / name).write_bytes(data)
+        argv[3] = str(files)
+        return db, argv
+
+    return prepare
+
+
+YAHOO_SPY = b"Date,Open,High,Low,Close,Volume\n2020-01-02,1.5,2,1,1.75,100\n"
+
+
 def lock_in_the_way(target: str) -> Prepare:
     def prepare(folder: Path, db: str) -> tuple[str, list[str]]:
         lock = Path(f"{sa.make_url(db).database}.ingest.lock")
@@ -215,8 +258,24 @@ CASES = [
     Case("config-not-utf8", config(b"min_coverage: 0.5\n# caf\xe9\n"), ExitCode.USAGE, "not UTF-8 text", None),
     Case("log-dir-is-a-file", log_dir_is_a_file, ExitCode.FILESYSTEM, "cannot write mvp_pipeline.log", None),
     Case("log-disk-full", log_disk_full, ExitCode.FILESYSTEM, "No space left on device", None),
-    Case("non-finite-values", non_finite, ExitCode.OK, "non-finite value: 7 in 1 symbol(s) (SPY 7)", 35,
+    Case("non-finite-values", non_finite, ExitCode.OK, "non-finite close: 2 in 1 symbol(s) (SPY 2)", 35,
          ("finished",), {"SPY": "low_coverage", "QQQ": "ok"}),
+    Case("csv-corrupt-gzip", corrupt_gzip, ExitCode.USAGE, "bars.csv.gz: corrupt or truncated gzip file", None),
+    Case("csv-ambiguous-dates", day_month_dates(), ExitCode.USAGE,
+         "the dates ('02/01/2020') could be day/month or month/day; pass --date-format", None),
+    Case("csv-date-format-given", day_month_dates("--date-format", "%d/%m/%Y"), ExitCode.OK, "2 ok; 14 fetched", 14,
+         ("finished",), {"SPY": "ok", "QQQ": "ok"}),
+    Case("csv-date-format-not-a-date", day_month_dates("--date-format", "%Y"), ExitCode.USAGE,
+         "--date-format '%Y' must give the year, month and day", None),
+    Case("csv-date-format-bad-directive", day_month_dates("--date-format", "%d/%Q"), ExitCode.USAGE,
+         "--date-format '%d/%Q': 'Q' is a bad directive", None),
+    Case("date-format-without-csv", with_args("--date-format", "%d/%m/%Y"), ExitCode.USAGE,
+         "--date-format only applies to --source csv", None),
+    Case("csv-folder-corrupt-gzip", yahoo_folder({"QQQ (1).csv.gz": gzip.compress(YAHOO_SPY)[:30], "IWM.csv": b""}),
+         ExitCode.PARTIAL, "QQQ (1).csv.gz: QQQ: corrupt or truncated gzip file", 42, ("partial",),
+         {"SPY": "ok", "QQQ": "ok"}),  # IWM: not in the watchlist, ignored
+    Case("csv-folder-conflict", yahoo_folder({"spy.csv": YAHOO_SPY}), ExitCode.PARTIAL,
+         "SPY: conflicting files for one symbol", 21, ("partial",), {"SPY": "failed", "QQQ": "ok"}),
     Case("all-rows-rejected", all_rejected, ExitCode.PARTIAL, "QQQ: all 21 fetched row(s) rejected", 21,
          ("partial",), {"SPY": "ok", "QQQ": "rejected"}),
     Case("source-refused-after-run-start", with_args("--ib-port", "1", "--ib-connect-timeout", "2", "--source",

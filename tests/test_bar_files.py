@@ -244,7 +244,12 @@ def test_file_names_give_symbols(name: str, symbol: str) -> None:
 @pytest.mark.parametrize(
     ("name", "data", "reason"),
     [
-        ("SPY.csv.gz", gzip.compress(b"Date,Open,High,Low,Close,Volume\n" * 50)[:40], "corrupt or truncated gzip"),
+        (
+            "SPY.csv.gz",
+            # mtime=0: the same bytes, so the same test id, in every xdist worker
+            gzip.compress(b"Date,Open,High,Low,Close,Volume\n" * 50, mtime=0)[:40],
+            "corrupt or truncated gzip",
+        ),
         ("SPY.csv.gz", b"\x1f\x8b garbage", "corrupt or truncated gzip"),
         ("SPY.csv.gz", b"Date,Open", "not a gzip file"),
         ("SPY.csv", "Date,Open,High,Low,Close,Volume\n2020-01-02,1,2,1,1,5 \u20ac\n".encode("cp1252"), "not UTF-8"),
@@ -281,15 +286,33 @@ def test_folder_reports_bad_files_and_conflicts_and_reads_the_rest(tmp_path: Pat
     (tmp_path / "IWM.csv.gz").write_bytes(b"\x1f\x8b broken")
     write(tmp_path, "DIA.csv", yahoo.format(7) + "2020-01-03,1.5,2,1,inf,7\n")
     write(tmp_path, "notes.md", "not a bar file")
+    write(tmp_path, "my prices!.csv", yahoo.format(1))
     bars, problems = bf.read_bar_files(tmp_path, canonical=canonical_symbol)
     assert sorted(bars["symbol"]) == ["DIA", "QQQ"]  # QQQ's two identical files count once
     assert {(Path(p.file).name, p.line, p.symbol, p.reason) for p in problems} == {
-        ("IWM.csv.gz", 0, None, "corrupt or truncated gzip file"),
+        ("IWM.csv.gz", 0, "IWM", "corrupt or truncated gzip file"),  # the symbol its name gives
+        ("my prices!.csv", 0, None, "no symbol column, and the name gives no symbol: invalid symbol 'my prices!': "
+         "use letters and digits, optionally one share class (BRK.B, BRK-B or BRK B), at most 12 characters"),
         ("DIA.csv", 3, "DIA", "non-finite close"),
         ("SPY.csv", 0, "SPY", "conflicting files for one symbol"),
-    }
+    }  # fmt: skip
     conflict = next(p for p in problems if p.symbol == "SPY")
-    assert conflict.raw == f"{tmp_path / 'SPY.csv'}, {tmp_path / 'spy.csv'}"
+    assert conflict.raw == f"{tmp_path / 'SPY.csv'}, {tmp_path / 'spy.csv'}: 1 date(s) differ, first 2020-01-02"
+    assert str(conflict).startswith(f"{tmp_path / 'SPY.csv'}: SPY: conflicting files for one symbol (")
+    corrupt = next(p for p in problems if p.symbol == "IWM")
+    assert str(corrupt) == f"{tmp_path / 'IWM.csv.gz'}: IWM: corrupt or truncated gzip file"  # no empty raw
+
+
+def test_files_of_one_symbol_merge_when_they_agree_on_every_date(tmp_path: Path) -> None:
+    header = "Date,Open,High,Low,Close,Volume\n"
+    day = "2020-01-{:02d},1.5,2,1,1.75,100\n"
+    write(tmp_path, "SPY.csv", header + day.format(2) + day.format(3))
+    write(tmp_path, "SPY (1).csv", header + day.format(3) + day.format(6))  # a newer download: one day more
+    bars, problems = bf.read_bar_files(tmp_path, canonical=canonical_symbol)
+    assert problems == []
+    assert [(Path(f).name, n, d.day) for f, n, d in zip(bars["file"], bars["line"], bars["date"], strict=True)] == [
+        ("SPY (1).csv", 2, 3), ("SPY (1).csv", 3, 6), ("SPY.csv", 2, 2),
+    ]  # fmt: skip
 
 
 def test_folder_errors(tmp_path: Path) -> None:

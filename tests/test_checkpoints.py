@@ -9,7 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from checkpoints import FINAL, TrainingState, load_model, read_checkpoint, save_checkpoint
+from checkpoints import (
+    FINAL,
+    TrainingState,
+    load_model,
+    load_normalizer,
+    normalization_path,
+    read_checkpoint,
+    save_checkpoint,
+)
 from settings import ExitCode, UserError
 
 # final.json as train_mvp.py wrote it before the state became a dataclass (keys in that order)
@@ -64,6 +72,23 @@ def test_only_the_latest_episode_checkpoints_are_kept(tmp_path: Path) -> None:
         "final.zip",
     ]  # fmt: skip
     assert read_checkpoint(tmp_path / "episode_00005.zip")[0] == state
+
+
+def test_normalization_statistics_are_saved_beside_the_model_and_pruned_with_it(tmp_path: Path) -> None:
+    state = TrainingState("run-1", tmp_path, settings={"seed": 7})
+    for episode in range(1, 4):
+        save_checkpoint(FakeModel(), state, f"episode_{episode:05d}", keep=1, normalizer=FakeModel())
+    assert sorted(p.name for p in tmp_path.glob("*.pkl")) == ["episode_00003.vecnormalize.pkl"]
+    assert normalization_path(tmp_path / "episode_00003.zip").read_bytes() == b"zip"
+
+
+def test_missing_or_foreign_normalization_statistics_are_one_line_errors(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="final.vecnormalize.pkl are missing") as missing:
+        load_normalizer(tmp_path / "final.zip")
+    assert missing.value.exit_code == ExitCode.NOT_FOUND
+    normalization_path(tmp_path / "final.zip").write_bytes(b"not a pickle")
+    with pytest.raises(UserError, match="not readable normalization statistics"):
+        load_normalizer(tmp_path / "final.zip")
 
 
 NO_SETTINGS = '{"run_id": "x", "folder": "f", "next_episode": 2, "episodes_done": 1, "total_steps": 80'

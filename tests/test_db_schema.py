@@ -64,7 +64,7 @@ def test_database_from_an_older_version_is_upgraded_in_place_without_data_loss(d
     changes = tt_schema.ensure_schema(engine)
     assert "added column tt_symbols.ib_con_id" in changes
     assert "created table tt_runs" in changes
-    assert "schema version 0 -> 1" in changes
+    assert f"schema version 0 -> {tt_schema.SCHEMA_VERSION}" in changes
     with engine.connect() as conn:
         row = conn.execute(sa.text("SELECT symbol, exchange, coverage, ib_con_id FROM tt_symbols")).one()
         assert tuple(row) == ("SPY", "ARCA", 0.99, None)

@@ -225,3 +225,14 @@ def test_vec_env_infos_read_like_full_dicts() -> None:
     assert {**infos[1]}["extra"] == 1 and infos[1]["fees"] == plain["fees"]
     with pytest.raises(KeyError):
         infos[0]["no such key"]
+
+
+def test_vec_infos_answer_keys_they_lack_without_building_the_record() -> None:
+    """SB3 asks every info for ``episode``/``is_success`` each step: that must not build 64 records a step."""
+    vec = make_vec_env(synthetic_bars(3, 200, seed=1), 4, seed=0)
+    vec.reset()
+    _, _, _, infos = vec.step(np.zeros((4, 3), np.float32))
+    info = infos[0]
+    assert info.get("episode") is None and "is_success" not in info and dict.__len__(info) == 0
+    assert "net_worth" in info and dict.__len__(info) == 9  # a record key fills it
+    assert infos[1].get("reward") == vec.last_step["reward"][1, 0]

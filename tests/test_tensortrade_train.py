@@ -36,7 +36,7 @@ ZERO_COSTS: dict[str, Any] = {"fee_flat": 0.0, "commission_bps": 0.0, "rebalance
 # one 40-step episode on 2010-2011 with a tiny PPO: the lane must stay quick (TensorTrade steps at ~600/s)
 TRAIN = ["--symbols", ",".join(SYMBOLS), "--start", "2010-01-01", "--end", "2011-12-31", "--episodes", "1",
          "--episode-length", "40", "--n-steps", "32", "--batch-size", "16", "--n-epochs", "1", "--seed", "3",
-         "--backend", "tensortrade"]  # fmt: skip
+         "--backend", "tensortrade", "--n-envs", "1", "--no-random-start"]  # fmt: skip
 
 
 @pytest.fixture(scope="module")

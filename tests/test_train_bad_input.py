@@ -30,7 +30,7 @@ from settings import ExitCode, run_cli
 
 SYMBOLS = ("SPY", "TLT")
 FAST = ["--symbols", ",".join(SYMBOLS), "--start", "2010-01-01", "--end", "2011-12-31", "--episode-length", "80",
-        "--n-steps", "64", "--batch-size", "32", "--n-epochs", "1", "--seed", "7"]  # fmt: skip
+        "--n-steps", "64", "--batch-size", "32", "--n-epochs", "1", "--seed", "7", "--n-envs", "1"]  # fmt: skip
 OTHER_DB_STATE = {"run_id": "20990101-000000-abcdef", "folder": "{tmp}/other", "next_episode": 2, "episodes_done": 1,
                   "total_steps": 80, "settings": {"seed": 7, "symbols": list(SYMBOLS)}}  # fmt: skip
 RUN_UPDATE = '{"kind": "run", "run_id": "nope", "values": {"status": "finished"}}'

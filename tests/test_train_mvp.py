@@ -24,7 +24,7 @@ SAMPLE = Path(__file__).resolve().parent.parent / "data" / "sample_daily_bars.cs
 SYMBOLS = ("SPY", "TLT")
 # Tiny PPO and 80-step episodes on 2010-2011 (about 400 training sessions after the 20% holdout).
 FAST = ["--symbols", ",".join(SYMBOLS), "--start", "2010-01-01", "--end", "2011-12-31", "--episode-length", "80",
-        "--n-steps", "64", "--batch-size", "32", "--n-epochs", "1", "--seed", "7"]  # fmt: skip
+        "--n-steps", "64", "--batch-size", "32", "--n-epochs", "1", "--seed", "7", "--n-envs", "1"]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -77,11 +77,22 @@ def test_two_episodes(stored: sa.Engine, tmp_path: Path, capsys: pytest.CaptureF
     assert "finished: 2 episode(s), 160 env steps" in out
 
 
+def test_timesteps_budget_and_normalization_saved_with_every_checkpoint(stored: sa.Engine, tmp_path: Path) -> None:
+    """--timesteps is SB3's total_timesteps: whole rollouts of n_envs x n_steps until it is reached."""
+    assert _train(stored, tmp_path, "--timesteps", "300", "--n-envs", "2") == 0  # 3 rollouts of 2 x 64
+    run = read_table(stored, tables.runs).iloc[-1]
+    assert (run["status"], run["total_steps"]) == ("finished", 384)
+    assert len(read_table(stored, tables.steps)) == 384 and run["config"]["train"]["norm_obs"]
+    folder = Path(run["checkpoint_dir"])
+    zips = sorted(p.stem for p in folder.glob("*.zip"))
+    assert zips and sorted(p.name.split(".")[0] for p in folder.glob("*.vecnormalize.pkl")) == zips
+
+
 def test_holdout_tail_is_never_trained_on(stored: sa.Engine, tmp_path: Path) -> None:
     url = stored.url.render_as_string(hide_password=False)
     code = train_mvp.main(["--symbols", "SPY,TLT", "--episode-length", "80", "--n-steps", "64", "--batch-size",
-                           "32", "--n-epochs", "1", "--database-url", url, "--checkpoint-dir", str(tmp_path),
-                           "--log-dir", str(tmp_path), "--episodes", "1", "--no-step-log"])  # fmt: skip
+                           "32", "--n-epochs", "1", "--n-envs", "1", "--database-url", url, "--checkpoint-dir",
+                           str(tmp_path), "--log-dir", str(tmp_path), "--episodes", "1", "--no-step-log"])  # fmt: skip
     assert code == 0
     run = read_table(stored, tables.runs).iloc[0]
     dates = pd.read_csv(SAMPLE, usecols=["date", "symbol"]).query("symbol == 'SPY' and date >= '2009-06-01' "

@@ -1,0 +1,109 @@
+"""A prediction's data gate and records: the freshness and finiteness checks on the stored bars, the ``tt_signals``
+rows (target weights per run, as-of close and symbol) and the ``tt_shadow`` forward record (predict_mvp.py;
+docs/predict.md).
+
+A signal is refused rather than computed on stale or incomplete data: every symbol's latest stored bar must be the
+exchange calendar's last completed session, and its features finite there (the observer turns NaN into 0, so a
+gap would otherwise reach the policy silently).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import sqlalchemy as sa
+
+import db_utils
+import tt_schema as tables
+from coverage_check import get_calendar
+from features import compute_basic_features, vol_column
+from settings import ExitCode, UserError
+
+
+def last_session(as_of: dt.date | None, calendar: str, now: pd.Timestamp | None = None) -> dt.date:
+    """The session a prediction is for: the last session of ``calendar`` on or before ``as_of``, or (``as_of``
+    None) the last session whose close has passed at ``now`` (default: the current time)."""
+    if as_of is not None:
+        cal = get_calendar(calendar, as_of - dt.timedelta(days=14))
+        return cal.date_to_session(pd.Timestamp(as_of), direction="previous").date()
+    now = now or pd.Timestamp.now(tz="UTC")
+    cal = get_calendar(calendar, now.date() - dt.timedelta(days=14))
+    sessions = cal.sessions_in_range(pd.Timestamp(now.date() - dt.timedelta(days=14)), pd.Timestamp(now.date()))
+    return next(s.date() for s in reversed(sessions) if cal.session_close(s) <= now)
+
+
+def require_fresh(bars: pd.DataFrame, symbols: Sequence[str], session: dt.date) -> None:
+    """Refuse unless every symbol has a bar on ``session`` (bars are read up to ``session``).
+
+    :raise UserError: (REFUSED) naming each symbol without bars or whose latest bar is older, with its date.
+    """
+    last = pd.to_datetime(bars["date"]).dt.date.groupby(bars["symbol"]).max() if len(bars) else pd.Series()
+    problems = [f"{s}: no stored bar" if s not in last.index else f"{s}: latest bar {last[s]}"
+                for s in symbols if s not in last.index or last[s] != session]  # fmt: skip
+    if problems:
+        raise UserError(f"stale or incomplete data for the session of {session}: {'; '.join(problems)} (run the "
+                        "ingest first; nothing was written)", ExitCode.REFUSED)  # fmt: skip
+
+
+def require_finite_features(bars: pd.DataFrame, vol_windows: Sequence[int], session: dt.date) -> None:
+    """Refuse when a symbol's price, return or volatility at ``session`` is not finite.
+
+    :raise UserError: (REFUSED) naming the symbols, the features and the date.
+    """
+    features = compute_basic_features(bars, vol_windows)
+    today = features[pd.to_datetime(features["date"]).dt.date == session].set_index("symbol")
+    columns = ["price", "log_ret", *(vol_column(w) for w in vol_windows)]
+    values = today[columns].to_numpy(dtype="float64")
+    bad = [f"{symbol} {', '.join(c for c, ok in zip(columns, row, strict=True) if not ok)}"
+           for symbol, row in zip(today.index, np.isfinite(values), strict=True) if not row.all()]  # fmt: skip
+    if bad:
+        raise UserError(f"features not finite on {session}: {'; '.join(bad)} (a bad bar, or too little history; "
+                        "nothing was written)", ExitCode.REFUSED)  # fmt: skip
+
+
+def read_signals(engine: sa.Engine, run_id: str) -> pd.DataFrame:
+    """The run's stored target weights: index ``as_of`` (dates), one column per symbol."""
+    s = tables.signals
+    query = sa.select(s.c.as_of, s.c.symbol, s.c.target_weight).where(s.c.run_id == run_id)
+    with engine.connect() as conn:
+        rows = pd.DataFrame(conn.execute(query).all(), columns=["as_of", "symbol", "target_weight"])
+    rows["as_of"] = pd.to_datetime(rows["as_of"]).dt.date
+    return rows.pivot(index="as_of", columns="symbol", values="target_weight").sort_index()
+
+
+def read_shadow(engine: sa.Engine, run_id: str) -> pd.DataFrame:
+    """The run's ``tt_shadow`` rows by date (index ``date``)."""
+    s = tables.shadow
+    with engine.connect() as conn:
+        rows = conn.execute(sa.select(s).where(s.c.run_id == run_id).order_by(s.c.date)).mappings().all()
+    frame = pd.DataFrame(rows, columns=[c.name for c in s.columns])
+    frame["date"] = pd.to_datetime(frame["date"]).dt.date
+    return frame.set_index("date")
+
+
+def write_day(engine: sa.Engine, signal_rows: list[dict[str, Any]], shadow_rows: list[dict[str, Any]]) -> None:
+    """Upsert the day's signals and the new shadow days in one transaction (all or nothing)."""
+    with engine.begin() as conn:
+        if signal_rows:
+            db_utils.upsert_rows(conn, tables.signals, signal_rows, ["run_id", "as_of", "symbol"])
+        if shadow_rows:
+            db_utils.upsert_rows(conn, tables.shadow, shadow_rows, ["run_id", "date"])
+
+
+def shadow_trace(shadow: pd.DataFrame, anchor: dt.date, initial_cash: float) -> pd.DataFrame:
+    """The shadow record as an evaluation trace (``evaluate_mvp.rollout``'s columns): row 0 is the anchor close,
+    all cash, before the first signal was traded."""
+    index = pd.DatetimeIndex([pd.Timestamp(anchor), *pd.to_datetime(list(shadow.index))], name="date")
+    trace = pd.DataFrame({
+        "net_worth": [initial_cash, *shadow["net_worth"]],
+        "cash": np.nan,
+        "turnover": [0.0, *shadow["turnover"]],
+        "fees": [0.0, *shadow["fees"]],
+    }, index=index)  # fmt: skip
+    trace["gross_exposure"] = np.nan
+    trace["stopped"] = False
+    return trace
