@@ -35,7 +35,7 @@ def normalization_path(checkpoint: Path) -> Path:
 class Saveable(Protocol):
     """What a checkpoint needs of a model (Stable-Baselines3's ``BaseAlgorithm.save``)."""
 
-    def save(self, path: Path) -> None: ...
+    def save(self, path: str) -> None: ...
 
 
 @dataclasses.dataclass
@@ -84,9 +84,9 @@ def save_checkpoint(
     model_tmp, state_tmp, stats_tmp = (folder / f"{name}.{suffix}" for suffix in ("tmp.zip", "json.tmp", "pkl.tmp"))
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        model.save(model_tmp)
+        model.save(str(model_tmp))
         if normalizer is not None:
-            normalizer.save(stats_tmp)
+            normalizer.save(str(stats_tmp))
             stats_tmp.replace(normalization_path(folder / f"{name}.zip"))
         state_tmp.write_text(state.to_json(f"{name}.zip"))
         model_tmp.replace(folder / f"{name}.zip")

@@ -141,7 +141,8 @@ def decide(rep: Replay, model: Any, normalize: Any, ood_std: float) -> tuple[dic
         if len(far):
             warnings.append(f"out of distribution: {len(far)} observation entries lie {ood_std:g}+ std devs from "
                             f"the training statistics (indices {far.tolist()[:10]})")  # fmt: skip
-    action = agent_policy(model, normalize)(rep.obs, rep.env.dates[rep.t], None)[1]
+    kind, action = agent_policy(model, normalize)(rep.obs, rep.env.dates[rep.t], None)
+    assert kind == "action" and action is not None  # the agent always acts through the action scheme
     return vol_targeting(rep.env, rep.t, action), warnings
 
 

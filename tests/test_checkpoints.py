@@ -36,8 +36,8 @@ OLD_STATE = """{
 class FakeModel:
     """Stands in for a Stable-Baselines3 model: ``save`` writes a file."""
 
-    def save(self, path: Path) -> None:
-        path.write_bytes(b"zip")
+    def save(self, path: str) -> None:
+        Path(path).write_bytes(b"zip")
 
 
 def test_a_state_file_written_before_the_dataclass_still_loads() -> None:
@@ -115,8 +115,8 @@ def test_a_broken_state_file_is_a_usage_error(tmp_path: Path, text: str) -> None
 class FullDisk:
     """A model whose save writes part of the file, then fails as on a full disk."""
 
-    def save(self, path: Path) -> None:
-        path.write_bytes(b"PK")
+    def save(self, path: str) -> None:
+        Path(path).write_bytes(b"PK")
         raise OSError(errno.ENOSPC, "No space left on device")
 
 

@@ -88,7 +88,7 @@ def snapshot(engine: sa.Engine) -> tuple[pd.DataFrame, pd.DataFrame]:
     return read_table(engine, tables.signals), read_table(engine, tables.shadow)
 
 
-def evaluation_rollout(engine: sa.Engine, start: dt.date, end: dt.date) -> tuple[dict[str, np.ndarray], pd.Series]:
+def evaluation_rollout(engine: sa.Engine, start: dt.date, end: dt.date) -> tuple[dict[dt.date, np.ndarray], pd.Series]:
     """evaluate_mvp's code path from ``start`` to ``end``: the agent's targets per decision date and the daily
     returns of the environment."""
     run = RunRecord.from_row(read_table(engine, tables.runs).iloc[0].to_dict())
@@ -102,6 +102,7 @@ def evaluation_rollout(engine: sa.Engine, start: dt.date, end: dt.date) -> tuple
 
     def recorded(obs: np.ndarray, date: np.datetime64, previous: np.datetime64 | None) -> Any:
         decision = agent(obs, date, previous)
+        assert decision[1] is not None
         targets[pd.Timestamp(date).date()] = env.engine.action_scheme.targets(decision[1], env.t)
         return decision
 

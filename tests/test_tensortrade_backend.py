@@ -115,7 +115,7 @@ def test_fills_at_the_decision_close(tb: ModuleType, bars: pd.DataFrame) -> None
     from market import build_market
     from tensortrade_risk_module import EnvConfig
 
-    env = tb.make_tensortrade_env(bars, execution="close")
+    env = tb.make_tensortrade_env(bars, execution="close", action_map="clip")  # one asset: one trade
     env.reset()
     env.step(np.array([1.0, 0.0, 0.0, 0.0], np.float32))
     trades = [t for order_trades in env.action_scheme.broker.trades.values() for t in order_trades]
