@@ -374,7 +374,8 @@ def run(settings: IngestSettings, engine: sa.Engine, entries: list[wl.WatchlistE
         job.say.close()
         table = job.summary()
         ingest_log.log_summary_table(log, table, FAILED_STATUSES)
-        partial = table["status"].isin(FAILED_STATUSES).any() or job.unread_files
+        # a rejected or unreadable row is reported with exit 3 too (issue 13): the valid rest is stored
+        partial = table["status"].isin(FAILED_STATUSES).any() or job.unread_files or table["rejected"].sum() > 0
         code = ExitCode.PARTIAL if partial else ExitCode.OK
         status = "finished" if code == ExitCode.OK else "partial"
         failed = {s: r.error for s, r in job.reports.items() if r.status in FAILED_STATUSES}

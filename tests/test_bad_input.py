@@ -258,8 +258,8 @@ CASES = [
     Case("config-not-utf8", config(b"min_coverage: 0.5\n# caf\xe9\n"), ExitCode.USAGE, "not UTF-8 text", None),
     Case("log-dir-is-a-file", log_dir_is_a_file, ExitCode.FILESYSTEM, "cannot write mvp_pipeline.log", None),
     Case("log-disk-full", log_disk_full, ExitCode.FILESYSTEM, "No space left on device", None),
-    Case("non-finite-values", non_finite, ExitCode.OK, "non-finite close: 2 in 1 symbol(s) (SPY 2)", 35,
-         ("finished",), {"SPY": "low_coverage", "QQQ": "ok"}),
+    Case("non-finite-values", non_finite, ExitCode.PARTIAL, "non-finite close: 2 in 1 symbol(s) (SPY 2)", 35,
+         ("partial",), {"SPY": "low_coverage", "QQQ": "ok"}),
     Case("csv-corrupt-gzip", corrupt_gzip, ExitCode.USAGE, "bars.csv.gz: corrupt or truncated gzip file", None),
     Case("csv-ambiguous-dates", day_month_dates(), ExitCode.USAGE,
          "the dates ('02/01/2020') could be day/month or month/day; pass --date-format", None),
@@ -317,7 +317,7 @@ def test_bad_input(
 def test_non_finite_values_are_never_stored(db_url: str, env: Path, capsys: pytest.CaptureFixture[str]) -> None:
     _, argv = non_finite(env, db_url)
     assert "1e309" in Path(argv[3]).read_text()
-    assert ingest(capsys, db_url, *argv).code == ExitCode.OK
+    assert ingest(capsys, db_url, *argv).code == ExitCode.PARTIAL  # the rest is stored, the rejects reported
     bars = db_utils.read_price_bars(db_utils.make_engine(db_url))
     assert len(bars) == 35 and np.isfinite(bars[["open", "high", "low", "close", "volume"]].to_numpy()).all()
 

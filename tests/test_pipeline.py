@@ -145,11 +145,11 @@ def test_nan_and_negative_prices_are_rejected_and_reported_the_rest_stored(
     argv = ["--source", "csv", "--csv", str(path), "--watchlist", write_watchlist(env, "SPY")]
     code = ingest(monkeypatch, db_url, *argv, "--start", "2020-01-02", "--end", "2020-01-31")
     out = capsys.readouterr().out
-    assert code == 0  # rejected rows are reported, not fatal; coverage shows the loss
+    assert code == 3  # rejected rows: the rest stored, the rejects reported with exit 3; coverage shows the loss
     # the empty close is not read (line 5), the negative open is read and then rejected by validation (line 7)
     assert f"missing close: 1 in 1 symbol(s) (SPY 1); e.g. {path}:5 ''" in out
     assert f"non-positive price: 1 in 1 symbol(s) (SPY 1); e.g. {path}:7 '{bars['date'].iloc[5]},-1.0," in out
-    assert "1 low_coverage; 21 fetched, 19 inserted, 0 updated, 0 unchanged, 2 rejected -> exit 0" in out
+    assert "1 low_coverage; 21 fetched, 19 inserted, 0 updated, 0 unchanged, 2 rejected -> exit 3 (PARTIAL)" in out
     logged = (env / "log" / "mvp_pipeline.log").read_text()
     assert f"rejected {path}:5: SPY: missing close ('')" in logged
     assert len(table(db_url, tables.prices)) == 19
