@@ -30,6 +30,8 @@ import tt_schema
 
 REPO = Path(__file__).resolve().parent.parent
 SCALE_CSV = REPO.parent / "shared" / "data" / "scale_daily_bars.csv.gz"
+# the scale set has 12 rows that validation rejects (docs/database.md): re-reading the file reports them, exit 3
+EXPECTED_EXITS = (0, 3)
 PG_URL = os.environ.get("TT_BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
 GOALS = {"fresh": 30.0, "re-run": 5.0}
 
@@ -50,7 +52,7 @@ def pipeline_run(url: str, watchlist: Path, log_dir: Path) -> tuple[float, dict,
     with engine.connect() as conn:
         timings = conn.execute(sa.text("SELECT timings FROM tt_ingest_runs ORDER BY run_id DESC LIMIT 1")).scalar_one()
     engine.dispose()
-    if done.returncode != 0:
+    if done.returncode not in EXPECTED_EXITS:
         print(done.stdout[-2000:], done.stderr[-2000:], sep="\n")
     return wall, timings if isinstance(timings, dict) else json.loads(timings), done.returncode
 
@@ -116,7 +118,12 @@ def main() -> int:
     bare = base["read_csv"][0] + base["upsert_price_bars (validate + COPY + merge)"][0]
     print(f"\nratios: fresh pipeline / (read_csv + to_sql) = {fresh[0] / to_sql:.2f}; fresh pipeline / (read_csv "
           f"+ bare upsert) = {fresh[0] / bare:.2f}; re-run / fresh = {rerun[0] / fresh[0]:.2f}")  # fmt: skip
-    ok = fresh[0] < GOALS["fresh"] and rerun[0] < GOALS["re-run"] and fresh[2] == 0 and rerun[2] == 0
+    ok = (
+        fresh[0] < GOALS["fresh"]
+        and rerun[0] < GOALS["re-run"]
+        and fresh[2] in EXPECTED_EXITS
+        and rerun[2] in EXPECTED_EXITS
+    )
     return 0 if ok else 1
 
 
