@@ -197,19 +197,24 @@ def build_model(settings: TrainSettings, env: Any, resume_zip: Path | None) -> A
         checkpoint whose normalization statistics are missing.
     """
     from stable_baselines3 import PPO
+    from stable_baselines3.common.logger import Logger
 
     venv = normalized_env(settings, env, resume_zip)
     if resume_zip is not None:
-        return load_model(resume_zip, venv)
-    policy = {"net_arch": list(settings.net_arch), "log_std_init": settings.log_std_init}
-    try:
-        return PPO(
-            "MlpPolicy", venv, n_steps=settings.n_steps, batch_size=settings.batch_size, n_epochs=settings.n_epochs,
-            learning_rate=settings.learning_rate, gamma=settings.gamma, seed=settings.seed, device="cpu", verbose=0,
-            policy_kwargs=policy,
-        )  # fmt: skip
-    except (AssertionError, ValueError) as exc:  # SB3 checks its arguments with asserts
-        raise UserError(f"PPO settings: {exc}") from None
+        model = load_model(resume_zip, venv)
+    else:
+        policy = {"net_arch": list(settings.net_arch), "log_std_init": settings.log_std_init}
+        try:
+            model = PPO(
+                "MlpPolicy", venv, n_steps=settings.n_steps, batch_size=settings.batch_size,
+                n_epochs=settings.n_epochs, learning_rate=settings.learning_rate, gamma=settings.gamma,
+                seed=settings.seed, device="cpu", verbose=0, policy_kwargs=policy,
+            )  # fmt: skip
+        except (AssertionError, ValueError) as exc:  # SB3 checks its arguments with asserts
+            raise UserError(f"PPO settings: {exc}") from None
+    # without a logger of its own, every learn() leaves an empty SB3-<time> folder in the system temp folder
+    model.set_logger(Logger(folder=None, output_formats=[]))
+    return model
 
 
 def writable_folder(folder: Path, flag: str) -> None:
