@@ -111,3 +111,22 @@ def run_train(engine: sa.Engine, tmp_path: Path, *args: str) -> int:
     url = engine.url.render_as_string(hide_password=False)
     folders = ["--checkpoint-dir", str(tmp_path / "ckpt"), "--log-dir", str(tmp_path / "log")]
     return train_mvp.main([*args, "--database-url", url, *folders])
+
+
+# ------------------------------------------------------------------ the training tests' two-symbol sample
+TRAINING_SYMBOLS = ("SPY", "TLT")
+
+
+@pytest.fixture(scope="module")
+def sample_bars() -> pd.DataFrame:
+    """The bundled sample restricted to two symbols and three years."""
+    bars = pd.read_csv(SAMPLE_CSV, parse_dates=["date"])
+    return bars[bars["symbol"].isin(TRAINING_SYMBOLS) & (bars["date"] >= "2009-06-01") & (bars["date"] <= "2012-12-31")]
+
+
+@pytest.fixture
+def stored(db_url: str, sample_bars: pd.DataFrame) -> Iterator[sa.Engine]:
+    """An engine on a fresh database holding the sample bars."""
+    engine = engine_with_bars(db_url, sample_bars)
+    yield engine
+    engine.dispose()

@@ -13,7 +13,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
@@ -25,28 +25,15 @@ import bar_store
 import step_logger
 import train_mvp
 import tt_schema as tables
-from conftest import REPO, SAMPLE_CSV, engine_with_bars, read_table
+from conftest import REPO, TRAINING_SYMBOLS, engine_with_bars, read_table
 from settings import ExitCode, run_cli
 
-SYMBOLS = ("SPY", "TLT")
+SYMBOLS = TRAINING_SYMBOLS
 FAST = ["--symbols", ",".join(SYMBOLS), "--start", "2010-01-01", "--end", "2011-12-31", "--episode-length", "80",
         "--n-steps", "64", "--batch-size", "32", "--n-epochs", "1", "--seed", "7", "--n-envs", "1"]  # fmt: skip
 OTHER_DB_STATE = {"run_id": "20990101-000000-abcdef", "folder": "{tmp}/other", "next_episode": 2, "episodes_done": 1,
                   "total_steps": 80, "settings": {"seed": 7, "symbols": list(SYMBOLS)}}  # fmt: skip
 RUN_UPDATE = '{"kind": "run", "run_id": "nope", "values": {"status": "finished"}}'
-
-
-@pytest.fixture(scope="module")
-def sample_bars() -> pd.DataFrame:
-    bars = pd.read_csv(SAMPLE_CSV, parse_dates=["date"])
-    return bars[bars["symbol"].isin(SYMBOLS) & (bars["date"] >= "2009-06-01") & (bars["date"] <= "2012-12-31")]
-
-
-@pytest.fixture
-def stored(db_url: str, sample_bars: pd.DataFrame) -> Iterator[sa.Engine]:
-    engine = engine_with_bars(db_url, sample_bars)
-    yield engine
-    engine.dispose()
 
 
 def cli(engine: sa.Engine, tmp_path: Path, *args: str) -> int:

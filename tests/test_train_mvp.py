@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
@@ -16,30 +15,14 @@ import train_mvp
 import training_run
 import tt_schema as tables
 from checkpoints import FINAL
-from conftest import engine_with_bars, read_table, run_train
+from conftest import SAMPLE_CSV, TRAINING_SYMBOLS, read_table, run_train
 from pg_proxy import CuttableProxy
 from settings import ExitCode, UserError
 
-SAMPLE = Path(__file__).resolve().parent.parent / "data" / "sample_daily_bars.csv.gz"
-SYMBOLS = ("SPY", "TLT")
+SYMBOLS = TRAINING_SYMBOLS
 # Tiny PPO and 80-step episodes on 2010-2011 (about 400 training sessions after the 20% holdout).
 FAST = ["--symbols", ",".join(SYMBOLS), "--start", "2010-01-01", "--end", "2011-12-31", "--episode-length", "80",
         "--n-steps", "64", "--batch-size", "32", "--n-epochs", "1", "--seed", "7", "--n-envs", "1"]  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def sample_bars() -> pd.DataFrame:
-    """The bundled sample restricted to two symbols and three years."""
-    bars = pd.read_csv(SAMPLE, parse_dates=["date"])
-    return bars[bars["symbol"].isin(SYMBOLS) & (bars["date"] >= "2009-06-01") & (bars["date"] <= "2012-12-31")]
-
-
-@pytest.fixture
-def stored(db_url: str, sample_bars: pd.DataFrame) -> Iterator[sa.Engine]:
-    """An engine on a fresh database holding the sample bars."""
-    engine = engine_with_bars(db_url, sample_bars)
-    yield engine
-    engine.dispose()
 
 
 def _train(engine: sa.Engine, tmp_path: Path, *extra: str) -> int:
@@ -95,7 +78,7 @@ def test_holdout_tail_is_never_trained_on(stored: sa.Engine, tmp_path: Path) -> 
                            str(tmp_path), "--log-dir", str(tmp_path), "--episodes", "1", "--no-step-log"])  # fmt: skip
     assert code == 0
     run = read_table(stored, tables.runs).iloc[0]
-    dates = pd.read_csv(SAMPLE, usecols=["date", "symbol"]).query("symbol == 'SPY' and date >= '2009-06-01' "
+    dates = pd.read_csv(SAMPLE_CSV, usecols=["date", "symbol"]).query("symbol == 'SPY' and date >= '2009-06-01' "
                                                                    "and date <= '2012-12-31'")["date"]  # fmt: skip
     assert str(run["slice_end"]) == sorted(dates)[int(len(dates) * 0.8) - 1]
     assert read_table(stored, tables.steps).empty and len(read_table(stored, tables.episodes)) == 1
