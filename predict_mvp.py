@@ -142,7 +142,8 @@ def decide(rep: Replay, model: Any, normalize: Any, ood_std: float) -> tuple[dic
             warnings.append(f"out of distribution: {len(far)} observation entries lie {ood_std:g}+ std devs from "
                             f"the training statistics (indices {far.tolist()[:10]})")  # fmt: skip
     kind, action = agent_policy(model, normalize)(rep.obs, rep.env.dates[rep.t], None)
-    assert kind == "action" and action is not None  # the agent always acts through the action scheme
+    if kind != "action" or action is None:  # the agent always acts through the action scheme
+        raise RuntimeError(f"the agent policy returned a {kind!r} decision")
     return vol_targeting(rep.env, rep.t, action), warnings
 
 

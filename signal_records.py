@@ -28,8 +28,14 @@ def last_session(as_of: dt.date | None, calendar: str, now: pd.Timestamp | None 
     """The session a prediction is for: the last session of ``calendar`` on or before ``as_of``, or (``as_of``
     None) the last session whose close has passed at ``now`` (default: the current time)."""
     if as_of is not None:
-        cal = get_calendar(calendar, as_of - dt.timedelta(days=14))
-        return cal.date_to_session(pd.Timestamp(as_of), direction="previous").date()
+        try:
+            cal = get_calendar(calendar, as_of - dt.timedelta(days=14))
+            session = cal.date_to_session(pd.Timestamp(as_of), direction="previous")
+        except ValueError:  # exchange_calendars knows sessions from ~20 years back to ~1 year ahead
+            session = None
+        if session is None or not cal.is_session(session):
+            raise UserError(f"--as-of {as_of}: outside the sessions the {calendar} calendar knows", ExitCode.USAGE)
+        return session.date()
     now = now or pd.Timestamp.now(tz="UTC")
     cal = get_calendar(calendar, now.date() - dt.timedelta(days=14))
     sessions = cal.sessions_in_range(pd.Timestamp(now.date() - dt.timedelta(days=14)), pd.Timestamp(now.date()))

@@ -17,6 +17,7 @@ import sqlalchemy as sa
 import bar_store
 import db_utils
 import predict_mvp
+import signal_records
 import tt_schema as tables
 from conftest import engine_with_bars, read_table, run_train
 from evaluate_mvp import (
@@ -30,7 +31,7 @@ from evaluate_mvp import (
 )
 from market import build_market
 from run_records import RunRecord
-from settings import ExitCode, run_cli
+from settings import ExitCode, UserError, run_cli
 from tensortrade_risk_module import EnvConfig
 from trading_env import make_env
 
@@ -204,3 +205,10 @@ def test_in_sample_and_earlier_sessions_are_refused(
     assert predict(db, "--as-of", days[1].isoformat()) == 0
     assert predict(db, "--as-of", days[0].isoformat()) == ExitCode.REFUSED
     assert "before run" in capsys.readouterr().err
+
+
+def test_an_as_of_date_past_the_calendar_is_a_usage_error_not_a_traceback() -> None:
+    assert signal_records.last_session(dt.date(2024, 7, 6), "XNYS") == dt.date(2024, 7, 5)  # Saturday -> Friday
+    with pytest.raises(UserError, match="--as-of 2099-01-01: outside the sessions") as caught:
+        signal_records.last_session(dt.date(2099, 1, 1), "XNYS")
+    assert caught.value.exit_code == ExitCode.USAGE
