@@ -34,7 +34,7 @@ from evaluation_stats import BootstrapConfig
 from market import Market, build_market
 from metrics import Evaluation
 from run_records import RunRecord
-from settings import REPO_ROOT, CommonSettings, ExitCode, UserError, parse_command, run_cli, setting
+from settings import REPO_ROOT, CommonSettings, ExitCode, UserError, parse_command, run_cli, setting, writable_folder
 from tensortrade_risk_module import EnvConfig, mark_to_market, rebalance
 from trading_env import TradingEnv, make_env
 
@@ -317,7 +317,7 @@ def evaluate_run(engine: sa.Engine, settings: EvaluateSettings) -> Path:
         raise UserError(f"run {run.run_id} traded {', '.join(data.missing)}: no stored bars", ExitCode.REFUSED)
     market = slice_market(build_market(data.bars, config), config, start, end)
     check_out_of_sample(run, market, config, settings.in_sample)
-    folder = report_mvp.report_folder(settings.out_dir / run.run_id)
+    folder = writable_folder(settings.out_dir / run.run_id, "--out-dir")
     model = load_model(checkpoint, len(market.symbols), make_env(market, **env_settings).observation_space.shape)
     agent = agent_policy(model, run_normalizer(run, checkpoint))
     policies = {"agent": agent, **baseline_policies(len(market.symbols))}

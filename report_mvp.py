@@ -13,7 +13,6 @@ import datetime as dt
 import html
 import json
 import math
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,7 @@ from matplotlib.ticker import FuncFormatter, MaxNLocator, PercentFormatter
 
 from metrics import Evaluation
 from run_records import RunRecord
-from settings import ExitCode, UserError
+from settings import unwritable_folder
 from tensortrade_risk_module import env_config
 
 COLORS = {"agent": "#111111", "buy_and_hold": "#1f77b4", "monthly_rebalanced": "#2ca02c",
@@ -274,25 +273,6 @@ def metrics_figure(table: pd.DataFrame) -> Figure:
     return fig
 
 
-def report_folder(path: Path) -> Path:
-    """Create the report folder and check a file can be written in it, before the evaluation does any work.
-
-    :raise UserError: (FILESYSTEM) one line naming the folder and the reason.
-    """
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=path):
-            pass
-    except OSError as exc:
-        raise _unwritable(path, exc) from None
-    return path
-
-
-def _unwritable(path: Path, exc: OSError) -> UserError:
-    reason = exc.strerror or str(exc)
-    return UserError(f"--out-dir {path}: cannot create or write the folder ({reason})", ExitCode.FILESYSTEM)
-
-
 def _save(fig: Figure, path: Path) -> bytes:
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
@@ -373,7 +353,7 @@ def write_report(out_dir: Path, run: RunRecord, evaluation: Evaluation, episodes
         partial.write_text(_html_page(run, evaluation, table, images, env_settings, doc), encoding="utf-8")
         partial.replace(path)
     except OSError as exc:
-        raise _unwritable(out_dir, exc) from None
+        raise unwritable_folder("--out-dir", out_dir, exc) from None
     finally:
         for fig in figures.values():
             plt.close(fig)  # those a failed write left open

@@ -19,6 +19,7 @@ import math
 import os
 import re
 import sys
+import tempfile
 import types
 import typing
 import urllib.parse
@@ -56,6 +57,25 @@ class UserError(Exception):
     def __init__(self, message: str, exit_code: ExitCode = ExitCode.USAGE) -> None:
         super().__init__(message)
         self.exit_code = exit_code
+
+
+def unwritable_folder(flag: str, folder: Path, exc: OSError) -> UserError:
+    """The one-line FILESYSTEM error for a folder that cannot be created or written: the flag, folder, OS reason."""
+    return UserError(f"{flag} {folder}: cannot create or write the folder ({exc.strerror or exc})", ExitCode.FILESYSTEM)
+
+
+def writable_folder(folder: Path, flag: str) -> Path:
+    """Create ``folder`` and prove a file can be written in it, before any long work or record.
+
+    :raise UserError: (FILESYSTEM) see :func:`unwritable_folder`.
+    """
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise unwritable_folder(flag, folder, exc) from None
+    return folder
 
 
 def setting(

@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import math
-import tempfile
 import typing
 from pathlib import Path
 from typing import Any, Literal
@@ -24,7 +23,18 @@ import sqlalchemy as sa
 import db_utils
 import run_records
 from checkpoints import CLIP_OBS, LEGACY_SETTINGS, TrainingState, load_model, load_normalization, read_checkpoint
-from settings import REPO_ROOT, CommonSettings, ExitCode, UserError, convert, parse_command, resolve, run_cli, setting
+from settings import (
+    REPO_ROOT,
+    CommonSettings,
+    ExitCode,
+    UserError,
+    convert,
+    parse_command,
+    resolve,
+    run_cli,
+    setting,
+    writable_folder,
+)
 from step_fallback import load_fallback
 from step_logger import RETRIABLE
 from tensortrade_risk_module import EnvConfig
@@ -215,20 +225,6 @@ def build_model(settings: TrainSettings, env: Any, resume_zip: Path | None) -> A
     # without a logger of its own, every learn() leaves an empty SB3-<time> folder in the system temp folder
     model.set_logger(Logger(folder=None, output_formats=[]))
     return model
-
-
-def writable_folder(folder: Path, flag: str) -> None:
-    """Create ``folder`` and prove a file can be written in it, before any run is recorded.
-
-    :raise UserError: (FILESYSTEM) naming the flag, the folder and the operating system's reason.
-    """
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=folder):
-            pass
-    except OSError as exc:
-        raise UserError(f"{flag} {folder}: cannot create or write the folder ({exc.strerror or exc})",
-                        ExitCode.FILESYSTEM) from None  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------------ runs
