@@ -177,9 +177,20 @@ def classify_connection_error(url: str, exc: BaseException) -> UserError:
     return UserError(f"database {shown}: {text.splitlines()[0] if text else type(exc).__name__}", ExitCode.DB_ERROR)
 
 
+def raw_url(engine: sa.Engine) -> str:
+    """The engine's URL with its password: only ever for :func:`mask_secret`, :func:`scrub_secrets` and the
+    error classification below, never to be shown as it is."""
+    return engine.url.render_as_string(hide_password=False)
+
+
+def engine_error(engine: sa.Engine, exc: BaseException) -> UserError:
+    """:func:`classify_connection_error` for an error raised through ``engine``."""
+    return classify_connection_error(raw_url(engine), exc)
+
+
 def check_connection(engine: sa.Engine) -> None:
     """Connect once and check the database accepts writes; raise :class:`UserError` naming the problem if not."""
-    url = engine.url.render_as_string(hide_password=False)
+    url = raw_url(engine)
     try:
         with engine.connect() as conn:
             if conn.dialect.name == "postgresql":
@@ -223,10 +234,10 @@ def apply_schema(engine: sa.Engine) -> list[str]:
     try:
         return tables.ensure_schema(engine)
     except tables.SchemaRefused as exc:
-        raise UserError(f"database {mask_secret(engine.url.render_as_string(hide_password=False))}: {exc}",
+        raise UserError(f"database {mask_secret(raw_url(engine))}: {exc}",
                         ExitCode.DB_ERROR) from None  # fmt: skip
     except sa.exc.SQLAlchemyError as exc:
-        raise classify_connection_error(engine.url.render_as_string(hide_password=False), exc) from None
+        raise engine_error(engine, exc) from None
 
 
 # ---------------------------------------------------------------------------------------------------- reads

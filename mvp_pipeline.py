@@ -417,7 +417,7 @@ def _open_run(engine: sa.Engine, settings: IngestSettings, job: Ingest) -> int:
 
 
 def _database_error(engine: sa.Engine, exc: Exception) -> UserError:
-    return db_utils.classify_connection_error(engine.url.render_as_string(hide_password=False), exc)
+    return db_utils.engine_error(engine, exc)
 
 
 def _log_totals(table: pd.DataFrame, code: ExitCode, dry_run: bool) -> None:

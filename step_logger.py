@@ -29,7 +29,7 @@ import sqlalchemy as sa
 from numpy.typing import ArrayLike
 
 import tt_schema as tables
-from db_utils import dbapi_cursor, upsert_rows
+from db_utils import dbapi_cursor, raw_url, upsert_rows
 from settings import scrub_secrets
 
 STEP_SCALARS = ("reward", "net_worth", "cash", "drawdown", "turnover", "fees")
@@ -373,7 +373,7 @@ class StepLogger:
 
     def _text(self, exc: BaseException) -> str:
         """The error's first line, without the database password (a driver may echo parts of the URL)."""
-        return scrub_secrets(first_line(exc), self.engine.url.render_as_string(hide_password=False))
+        return scrub_secrets(first_line(exc), raw_url(self.engine))
 
     def _limit_memory(self) -> None:
         with self._lock:

@@ -313,7 +313,7 @@ def load_steps(engine: sa.Engine, path: Path) -> int:
     except ValueError as exc:
         raise UserError(str(exc)) from None
     except RETRIABLE as exc:
-        raise db_utils.classify_connection_error(engine.url.render_as_string(hide_password=False), exc) from None
+        raise db_utils.engine_error(engine, exc) from None
     print(f"stored {n_steps} step rows and {n_episodes} episode rows from {path} (rows already stored were left "
           "alone)")  # fmt: skip
     return int(ExitCode.OK)
