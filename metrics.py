@@ -87,7 +87,7 @@ def calmar(returns: np.ndarray, annualization: int = ANNUALIZATION) -> float:
 
 
 def policy_metrics(trace: pd.DataFrame, annualization: int = ANNUALIZATION) -> dict[str, float]:
-    """Every metric of one policy from its daily trace (see ``evaluate_mvp.rollout``).
+    """Every metric of one policy from its daily trace (see ``policy_rollout.rollout``).
 
     Row 0 is the start (all cash, before any decision); rows 1..n are the closes after each step.
 
@@ -121,7 +121,7 @@ class Evaluation:
     start: dt.date  # first evaluated session: the start value and the first decision are at its close
     end: dt.date  # last evaluated session
     metrics: pd.DataFrame  # index policy, columns as in tt_evaluations
-    traces: dict[str, pd.DataFrame]  # policy -> daily trace (see evaluate_mvp.rollout)
+    traces: dict[str, pd.DataFrame]  # policy -> daily trace (see policy_rollout.rollout)
     weights: dict[str, pd.DataFrame]  # policy -> end-of-day weights, dates x symbols
 
     @classmethod

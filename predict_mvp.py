@@ -26,24 +26,24 @@ import sqlalchemy as sa
 import db_utils
 import env_kernels
 import evaluation_records as records
+import report_mvp
 import run_records
 import signal_records
 from coverage_check import DEFAULT_CALENDAR
-from evaluate_mvp import (
-    _liquidate_and_hold,
+from evaluation_stats import BootstrapConfig
+from market import Market, build_market
+from metrics import Evaluation
+from policy_rollout import (
     agent_policy,
     baseline_policies,
     evaluate_policies,
     final_checkpoint,
+    liquidate_and_hold,
     load_model,
-    print_summary,
     run_env_settings,
     run_normalizer,
     slice_market,
 )
-from evaluation_stats import BootstrapConfig
-from market import Market, build_market
-from metrics import Evaluation
 from run_records import RunRecord
 from settings import CommonSettings, ExitCode, UserError, parse_command, run_cli, setting
 from tensortrade_risk_module import EnvConfig, portfolio_vol, rebalance
@@ -78,7 +78,7 @@ class Replay:
 
 def replay(market: Market, env_settings: dict[str, Any], anchor: dt.date, signals: pd.DataFrame) -> Replay:
     """Step a fresh environment from all cash at the ``anchor`` close to the market's last close, trading each
-    stored signal at its next fill (a day without a signal holds), as ``evaluate_mvp.rollout`` steps its baselines.
+    stored signal at its next fill (a day without a signal holds), as ``policy_rollout.rollout`` steps its baselines.
 
     :raise UserError: (REFUSED) too little history before the anchor.
     """
@@ -100,7 +100,7 @@ def replay(market: Market, env_settings: dict[str, Any], anchor: dt.date, signal
         obs, _, terminated, truncated, info = env.step_target(target)
         days.append({**info, "signal_as_of": date if target is not None else None})
         if terminated:
-            days += [{**i, "signal_as_of": None} for i in _liquidate_and_hold(env)]
+            days += [{**i, "signal_as_of": None} for i in liquidate_and_hold(env)]
             return Replay(env, env.t, obs, days, True)
         if truncated:
             return Replay(env, env.t, obs, days, False)
@@ -299,7 +299,7 @@ def shadow_report(engine: sa.Engine, settings: PredictSettings) -> None:
     doc = records.document(run, evaluation, stats, trials)
     out = sys.stderr if settings.json else sys.stdout
     print(f"shadow record of run {run.run_id} (the stored signals, traded forward) beside the baselines", file=out)
-    print_summary(doc, evaluation, out)
+    report_mvp.print_summary(doc, evaluation, out)
     if settings.json:
         print(json.dumps({**doc, "shadow": True}, indent=1, allow_nan=False))
 

@@ -15,7 +15,7 @@ import json
 import math
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import matplotlib
 
@@ -131,6 +131,23 @@ def statistics_notes(doc: Mapping[str, Any]) -> list[str]:
                  f"{_num(d['sharpe'], '{:.2f}')}) exceeds {_num(d['expected_max_sharpe'], '{:.2f}')}, the expected "
                  f"best of {trials} without skill over these bars ({spread})")  # fmt: skip
     return lines
+
+
+def print_summary(doc: dict[str, Any], evaluation: Evaluation, out: TextIO) -> None:
+    """The metrics table, the statistics table (intervals, comparisons), the SPA, the DSR and the verdict."""
+    period = doc["period"]
+    label = " IN-SAMPLE (overlaps the training slice)" if period["in_sample"] else " out of sample"
+    print(f"run {doc['run_id']}: {period['start']} .. {period['end']},{label}, {period['sessions']} sessions, "
+          f"{len(doc['symbols'])} symbols", file=out)  # fmt: skip
+    print(format_metrics(evaluation.metrics).to_string(), file=out)
+    boot = doc["bootstrap"]
+    print(f"\n{boot['level']:.0%} intervals: {boot['kind']} block bootstrap, {boot['reps']} resamples, mean block "
+          f"{boot['block_size']:.1f} sessions; p-values two-sided", file=out)  # fmt: skip
+    with pd.option_context("display.width", 250, "display.max_columns", 20):
+        print(format_statistics(doc).to_string(), file=out)
+    for line in statistics_notes(doc):
+        print(line, file=out)
+    print(f"verdict: {doc['verdict']['text']}", file=out)
 
 
 def _label(policy: str, trace: pd.DataFrame) -> str:

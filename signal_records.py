@@ -101,7 +101,7 @@ def write_day(engine: sa.Engine, signal_rows: list[dict[str, Any]], shadow_rows:
 
 
 def shadow_trace(shadow: pd.DataFrame, anchor: dt.date, initial_cash: float) -> pd.DataFrame:
-    """The shadow record as an evaluation trace (``evaluate_mvp.rollout``'s columns): row 0 is the anchor close,
+    """The shadow record as an evaluation trace (``policy_rollout.rollout``'s columns): row 0 is the anchor close,
     all cash, before the first signal was traded."""
     index = pd.DatetimeIndex([pd.Timestamp(anchor), *pd.to_datetime(list(shadow.index))], name="date")
     trace = pd.DataFrame({

@@ -35,7 +35,7 @@ LAYERS = (
     (
         "runs",
         "checkpoints run_records step_logger step_fallback training_run ingest_log evaluation_records report_mvp "
-        "signal_records",
+        "signal_records policy_rollout",
         "foundation core sources storage environment",
     ),
     (

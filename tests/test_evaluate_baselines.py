@@ -11,8 +11,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import evaluate_mvp as ev
 import metrics
+import policy_rollout as ev
 from evaluation_records import daily_returns, overlaps_training
 from market import Market, build_market, synthetic_bars
 from metrics import policy_metrics

@@ -17,6 +17,7 @@ import pytest
 
 import evaluate_mvp
 import planted_markets
+import policy_rollout
 import tt_schema as tables
 from conftest import engine_with_bars, read_table, run_train
 from market import build_market
@@ -53,9 +54,9 @@ def held_out(tmp_path: Path, kind: planted_markets.EdgeKind, seed: int) -> dict[
     sharpe = read_table(engine, tables.evaluations).set_index("policy")["sharpe"].astype(float).fillna(0.0)
     engine.dispose()
     config = EnvConfig()  # the oracle reads the default observation; costs and timing are the defaults too
-    market = evaluate_mvp.slice_market(build_market(bars, config), config, dates[N_DATES - HOLDOUT], None)
+    market = policy_rollout.slice_market(build_market(bars, config), config, dates[N_DATES - HOLDOUT], None)
     rule = planted_markets.oracle_weights(kind, len(market.symbols))
-    oracle = evaluate_mvp.evaluate_policies(market, {}, {"oracle": lambda obs, date, previous: ("target", rule(obs))})
+    oracle = policy_rollout.evaluate_policies(market, {}, {"oracle": lambda obs, date, previous: ("target", rule(obs))})
     best = sharpe.drop("agent").max()
     return {"agent": sharpe["agent"], "best": best, "oracle": oracle.metrics.at["oracle", "sharpe"]}
 

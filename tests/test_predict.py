@@ -20,7 +20,8 @@ import predict_mvp
 import signal_records
 import tt_schema as tables
 from conftest import engine_with_bars, read_table, run_train
-from evaluate_mvp import (
+from market import build_market
+from policy_rollout import (
     agent_policy,
     final_checkpoint,
     load_model,
@@ -29,7 +30,6 @@ from evaluate_mvp import (
     run_normalizer,
     slice_market,
 )
-from market import build_market
 from run_records import RunRecord
 from settings import ExitCode, UserError, run_cli
 from tensortrade_risk_module import EnvConfig
