@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 import sqlalchemy as sa
 
-SCHEMA_VERSION = 2  # 2: tt_signals and tt_shadow (predict_mvp.py, issue 15)
+SCHEMA_VERSION = 3  # 2: tt_signals and tt_shadow (issue 15); 3: run groups (seeds, walk-forward folds, sweeps)
 
 metadata = sa.MetaData()
 
@@ -122,6 +122,51 @@ runs = sa.Table(
     sa.Column("episodes_done", sa.Integer),
     sa.Column("total_steps", sa.BigInteger),
     sa.Column("error", sa.Text),
+    # A run trained as part of a group (train_mvp.py --seeds/--folds, tune_mvp.py): its group, its walk-forward
+    # fold (None: no folds) and the sessions it is judged on (None: the held-out tail after its slice).
+    sa.Column("group_id", sa.String(64), index=True),
+    sa.Column("fold", sa.Integer),
+    sa.Column("test_start", sa.Date),
+    sa.Column("test_end", sa.Date),
+)
+
+groups = sa.Table(
+    "tt_groups",
+    metadata,
+    sa.Column("group_id", sa.String(64), primary_key=True),
+    sa.Column("kind", sa.String(16), nullable=False),  # "seeds" or "walk_forward"
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),  # running / finished / failed / interrupted
+    sa.Column("config", sa.JSON),  # the shared training settings, the seeds and the fold plan
+    sa.Column("study", sa.String(128)),  # tune_mvp.py: the Optuna study and trial number it ran for
+    sa.Column("trial", sa.Integer),
+)
+
+group_evaluations = sa.Table(
+    "tt_group_evaluations",
+    metadata,
+    sa.Column("group_id", sa.String(64), primary_key=True),
+    sa.Column("policy", sa.String(32), primary_key=True),
+    sa.Column("evaluated_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("slice_start", sa.Date),  # first and last out-of-sample session over all folds
+    sa.Column("slice_end", sa.Date),
+    sa.Column("iqm_sharpe", sa.Double),  # interquartile mean of the per-seed, per-fold Sharpe ratios
+    sa.Column("iqm_low", sa.Double),
+    sa.Column("iqm_high", sa.Double),
+    sa.Column("stitched_sharpe", sa.Double),  # Sharpe of the stitched out-of-sample curve (agent: median seed)
+    sa.Column("document", sa.JSON),  # the whole group evaluation (evaluate_mvp.py --group --json)
+)
+
+group_curves = sa.Table(
+    "tt_group_curves",
+    metadata,
+    sa.Column("group_id", sa.String(64), primary_key=True),
+    sa.Column("policy", sa.String(32), primary_key=True),
+    sa.Column("seed", sa.Integer, primary_key=True),  # the agent's training seed; baselines: -1
+    sa.Column("date", sa.Date, primary_key=True),
+    sa.Column("fold", sa.Integer),
+    sa.Column("daily_return", sa.Double, nullable=False),
+    sa.Column("net_worth", sa.Double, nullable=False),  # stitched: each fold continues from the last one's end
 )
 
 episodes = sa.Table(
@@ -210,7 +255,8 @@ shadow = sa.Table(
 )
 
 # Version -> step run inside the upgrade transaction after the additive pass; for changes that adding
-# tables and nullable columns cannot express (renames, backfills). Version 2 only added tables: no step.
+# tables and nullable columns cannot express (renames, backfills). Versions 2 and 3 only added tables and
+# nullable columns: no step.
 UPGRADE_STEPS: dict[int, Callable[[sa.Connection], None]] = {}
 
 
