@@ -28,6 +28,7 @@ import coverage_check
 import db_utils
 import features
 import ingest_log
+import run_locks
 import tt_schema as tables
 import watchlist_loader as wl
 from bar_files import Problem
@@ -443,7 +444,7 @@ def main(argv: list[str] | None = None) -> int:
         log.info("watchlist %s: %d symbol(s); log file %s", settings.watchlist, len(entries), log_path)
         engine = db_utils.connect(settings, announce=log.info)
         try:
-            with contextlib.nullcontext() if settings.dry_run else db_utils.run_lock(engine, LOCK_NAME):
+            with contextlib.nullcontext() if settings.dry_run else run_locks.run_lock(engine, LOCK_NAME):
                 return run(settings, engine, entries, source)
         finally:
             engine.dispose()

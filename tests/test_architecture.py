@@ -26,7 +26,7 @@ LAYERS = (
     ("foundation", "settings", ""),
     ("core", "bar_validation features metrics evaluation_stats seed_stats planted_markets", "foundation"),
     ("sources", "bar_files bar_parsing watchlist_loader ibkr_pacing ibkr_parsing ibkr_source", "foundation core"),
-    ("storage", "tt_schema db_utils bar_store coverage_check", "foundation core"),
+    ("storage", "tt_schema db_utils run_locks bar_store coverage_check", "foundation core"),
     (
         "environment",
         "env_kernels market tensortrade_risk_module trading_env trading_vec_env tensortrade_backend tensortrade_remote",

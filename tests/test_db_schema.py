@@ -16,6 +16,7 @@ import sqlalchemy as sa
 import bar_store
 import db_utils
 import features
+import run_locks
 import tt_schema
 from conftest import SAMPLE_CSV
 from settings import CommonSettings, ExitCode, UserError
@@ -136,16 +137,16 @@ def test_password_never_appears_in_connection_errors() -> None:
 
 
 def test_second_run_cannot_take_the_lock(engine: sa.Engine) -> None:
-    with db_utils.run_lock(engine, "mvp_pipeline"):
+    with run_locks.run_lock(engine, "mvp_pipeline"):
         with (
             pytest.raises(UserError, match="another run holds the lock") as info,
-            db_utils.run_lock(engine, "mvp_pipeline"),
+            run_locks.run_lock(engine, "mvp_pipeline"),
         ):
             pass
         assert info.value.exit_code == ExitCode.LOCKED
-        with db_utils.run_lock(engine, "train_mvp"):  # other names are independent
+        with run_locks.run_lock(engine, "train_mvp"):  # other names are independent
             pass
-    with db_utils.run_lock(engine, "mvp_pipeline"):  # released after the run
+    with run_locks.run_lock(engine, "mvp_pipeline"):  # released after the run
         pass
 
 

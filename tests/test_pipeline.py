@@ -19,6 +19,7 @@ import sqlalchemy as sa
 import coverage_check
 import db_utils
 import mvp_pipeline
+import run_locks
 import tt_schema as tables
 import watchlist_loader as wl
 from conftest import SAMPLE_CSV
@@ -270,7 +271,7 @@ def test_a_second_run_while_the_lock_is_held_exits_locked(
     db_url: str, env: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     engine = db_utils.connect(mvp_pipeline.IngestSettings(database_url=db_url), announce=lambda _: None)
-    with db_utils.run_lock(engine, mvp_pipeline.LOCK_NAME):
+    with run_locks.run_lock(engine, mvp_pipeline.LOCK_NAME):
         code = ingest(monkeypatch, db_url, "--source", "sample", "--start", "2024-01-02", "--end", "2024-01-31")
     assert code == ExitCode.LOCKED
     assert "another run holds the lock" in capsys.readouterr().err
