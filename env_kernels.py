@@ -171,18 +171,34 @@ def cap_weights_row(weights: np.ndarray, max_weight: float, max_gross: float, ou
 
 
 @njit(cache=True)
-def targets_row(
-    action: np.ndarray, t: int, scale: np.ndarray, returns: np.ndarray, params: np.ndarray, out: np.ndarray
-) -> None:
-    """Vol-targeted, capped target weights at decision date ``t`` into ``out`` (data up to the close of t)."""
+def action_weights_row(action: np.ndarray, params: np.ndarray, out: np.ndarray) -> None:
+    """``out`` = the action map's raw weights: softmax (``P_SOFTMAX_GAIN`` > 0) or clip."""
     if params[P_SOFTMAX_GAIN] > 0.0:
         softmax_weights_row(action, params[P_SOFTMAX_GAIN], out)
     else:
         raw_weights_row(action, params[P_ALLOW_SHORT] != 0.0, out)
+
+
+@njit(cache=True)
+def portfolio_scale_row(raw: np.ndarray, t: int, returns: np.ndarray, params: np.ndarray) -> float:
+    """``vol_mode=portfolio``: target_vol / max(vol, vol_floor), vol that of the raw portfolio over the
+    ``cov_window`` days up to the close of ``t``."""
+    vol = portfolio_vol_row(raw, returns[t - int(params[P_COV_WINDOW]) + 1 : t + 1], params[P_ANNUALIZE])
+    return params[P_TARGET_VOL] / max(vol, params[P_VOL_FLOOR])
+
+
+@njit(cache=True)
+def targets_row(
+    action: np.ndarray, t: int, scale: np.ndarray, returns: np.ndarray, params: np.ndarray, out: np.ndarray
+) -> None:
+    """Vol-targeted, capped target weights at decision date ``t`` into ``out`` (data up to the close of t).
+
+    Steps: raw weights (:func:`action_weights_row`), times the per-asset ``scale[t]`` or the portfolio's
+    (:func:`portfolio_scale_row`), capped (:func:`cap_weights_row`).
+    """
+    action_weights_row(action, params, out)
     if params[P_PORTFOLIO_VOL] != 0.0:
-        block = returns[t - int(params[P_COV_WINDOW]) + 1 : t + 1]
-        vol = portfolio_vol_row(out, block, params[P_ANNUALIZE])
-        factor = params[P_TARGET_VOL] / max(vol, params[P_VOL_FLOOR])
+        factor = portfolio_scale_row(out, t, returns, params)
         for j in range(out.shape[0]):
             out[j] = out[j] * factor
     else:

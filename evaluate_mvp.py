@@ -7,6 +7,13 @@ same environment, costs and execution timing as training, runs the baselines the
 intervals, paired tests, the SPA test, the deflated Sharpe ratio and a verdict (``evaluation_records``), prints
 the tables (or one JSON document), stores one row per policy in ``tt_evaluations`` and writes
 ``reports/<run_id>/report.html`` (plus PNGs). Definitions: docs/evaluation.md and docs/statistics.md.
+
+``python evaluate_mvp.py --shadow RUN_ID|latest [--json]`` shows the run's forward shadow record (``predict_mvp.py``)
+beside the baselines over the same sessions, with the same statistics; it stores and writes nothing.
+
+``python evaluate_mvp.py --group GROUP_ID|latest [--json]`` judges a group of runs (``train_mvp.py --seeds/--folds``)
+as one (``group_evaluation``): per fold and seed, over seeds x folds, and over the stitched folds; it stores
+``tt_group_evaluations`` / ``tt_group_curves`` and writes ``reports/<group_id>/report.html``.
 """
 
 from __future__ import annotations
@@ -23,8 +30,12 @@ import sqlalchemy as sa
 
 import db_utils
 import evaluation_records as records
+import group_evaluation
+import group_report
 import report_mvp
+import run_groups
 import run_records
+import signal_records
 from evaluation_records import overlaps_training
 from evaluation_stats import BootstrapConfig
 from market import Market, build_market
@@ -52,6 +63,10 @@ class EvaluateSettings(CommonSettings):
     start: dt.date | None = setting(None, "first evaluated session (default: the first after the training slice)")
     end: dt.date | None = setting(None, "last evaluated session (default: the last stored bar)")
     in_sample: bool = setting(False, "evaluate a slice overlapping the training slice (labelled in-sample)")
+    shadow: str | None = setting(None, "instead, show the forward shadow record of a run (RUN id or 'latest') "
+                                 "beside the baselines over its sessions; stores nothing")  # fmt: skip
+    group: str | None = setting(None, "instead, evaluate a group of runs (GROUP id or 'latest'): its seeds and "
+                                "walk-forward folds, each on its own test sessions, stitched")  # fmt: skip
     out_dir: Path = setting(REPO_ROOT / "reports", "reports are written to OUT_DIR/<run_id>/", env="TT_REPORTS_DIR")
     store: bool = setting(True, "store the metrics and statistics in tt_evaluations")
     json: bool = setting(False, "print one JSON document on stdout; the tables and messages go to stderr")
@@ -134,13 +149,60 @@ def evaluate_run(engine: sa.Engine, settings: EvaluateSettings) -> Path:
     return html
 
 
+def show_shadow(engine: sa.Engine, run_id: str, settings: EvaluateSettings) -> None:
+    """Print the shadow record of ``run_id`` (or 'latest') beside the baselines over its sessions, with the statistics
+    (``signal_records.evaluate_shadow``), or with ``--json`` the document on stdout; nothing is stored.
+
+    :raise UserError: USAGE with ``--start``/``--end``/``--in-sample`` (the record fixes the sessions), NOT_FOUND
+        for an unknown run or a run without a shadow record.
+    """
+    if settings.start or settings.end or settings.in_sample:
+        raise UserError("--shadow evaluates the sessions of the shadow record: drop --start, --end, --in-sample")
+    run = run_records.find_run(engine, run_id, finished_only=True)
+    doc, evaluation = signal_records.evaluate_shadow(engine, run, settings.bootstrap_reps)
+    out = sys.stderr if settings.json else sys.stdout
+    print(f"shadow record of run {run.run_id} (its stored signals, traded forward) beside the baselines", file=out)
+    report_mvp.print_summary(doc, evaluation, out)
+    if settings.json:
+        print(json.dumps({**doc, "stored": False}, indent=1, allow_nan=False))
+
+
+def evaluate_group(engine: sa.Engine, group: str, settings: EvaluateSettings) -> Path:
+    """Evaluate ``group`` (an id or 'latest'; ``group_evaluation.evaluate_group``), store it, write
+    ``OUT_DIR/<group_id>/report.html`` and print the tables (with ``--json``: the document on stdout).
+
+    :raise UserError: USAGE with ``--start``/``--end``/``--in-sample``/``--shadow`` (each member has its own test
+        sessions); otherwise as :func:`group_evaluation.evaluate_group` and FILESYSTEM for the reports folder.
+    """
+    if settings.start or settings.end or settings.in_sample or settings.shadow:
+        raise UserError("--group judges each run on its own test sessions: drop --start, --end, --in-sample, --shadow")
+    group_id = run_groups.find_group(engine, group).group_id
+    folder = writable_folder(settings.out_dir / group_id, "--out-dir")
+    config = BootstrapConfig(reps=settings.bootstrap_reps)
+    result = group_evaluation.evaluate_group(engine, group_id, config, settings.store)
+    html = group_report.write_report(folder, result)
+    out = sys.stderr if settings.json else sys.stdout
+    group_report.print_summary(result, out)
+    print(f"report: {html}", file=out)
+    if settings.json:
+        print(json.dumps({**result.document, "stored": settings.store, "report": str(html)}, indent=1, allow_nan=False))
+    return html
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Parse the flags and evaluate the run (see :func:`evaluate_run`)."""
+    """Parse the flags and evaluate the run (:func:`evaluate_run`), a group (:func:`evaluate_group`) or a run's
+    shadow record (:func:`show_shadow`)."""
     settings = parse_command(EvaluateSettings, argv, "Out-of-sample evaluation of a training run against baselines.")
     if settings is None:
         return int(ExitCode.OK)
     announce = functools.partial(print, file=sys.stderr) if settings.json else print
-    evaluate_run(db_utils.connect(settings, announce=announce), settings)
+    engine = db_utils.connect(settings, announce=announce)
+    if settings.group:
+        evaluate_group(engine, settings.group, settings)
+    elif settings.shadow:
+        show_shadow(engine, settings.shadow, settings)
+    else:
+        evaluate_run(engine, settings)
     return int(ExitCode.OK)
 
 

@@ -7,7 +7,7 @@ latest close, trading each stored signal at the environment's costs and timing (
 are appended to ``tt_shadow``), and runs the policy deterministically on the observation at that close, through the
 same code path as ``evaluate_mvp.py``: the targets, the vol-targeting steps, the previous targets, the expected
 turnover and an advisory trade list are printed and the targets upserted into ``tt_signals``. Running a day twice
-changes nothing. ``--shadow-report`` prints the shadow record beside the baselines over the same days.
+changes nothing. ``evaluate_mvp.py --shadow RUN`` shows the shadow record beside the baselines over the same days.
 """
 
 from __future__ import annotations
@@ -24,19 +24,13 @@ import pandas as pd
 import sqlalchemy as sa
 
 import db_utils
-import env_kernels
-import evaluation_records as records
-import report_mvp
 import run_records
 import signal_records
 from coverage_check import DEFAULT_CALENDAR
-from evaluation_stats import BootstrapConfig
+from features import vol_column
 from market import Market, build_market
-from metrics import Evaluation
 from policy_rollout import (
     agent_policy,
-    baseline_policies,
-    evaluate_policies,
     final_checkpoint,
     liquidate_and_hold,
     load_model,
@@ -46,7 +40,7 @@ from policy_rollout import (
 )
 from run_records import RunRecord
 from settings import CommonSettings, ExitCode, UserError, parse_command, run_cli, setting
-from tensortrade_risk_module import EnvConfig, portfolio_vol, rebalance
+from tensortrade_risk_module import EnvConfig, rebalance
 from trading_env import TradingEnv, make_env
 
 
@@ -61,8 +55,6 @@ class PredictSettings(CommonSettings):
     calendar: str = setting(DEFAULT_CALENDAR, "exchange calendar whose last completed session the bars must reach")
     ood_std: float = setting(4.0, "warn when a normalized observation entry is this many std devs out", bounds=(0, 5))
     json: bool = setting(False, "print one JSON document on stdout; the tables and messages go to stderr")
-    shadow_report: bool = setting(False, "show the shadow record beside the baselines over the same days, then exit")
-    bootstrap_reps: int = setting(2000, "bootstrap resamples of --shadow-report's statistics", bounds=(100, None))
 
 
 @dataclasses.dataclass
@@ -106,21 +98,28 @@ def replay(market: Market, env_settings: dict[str, Any], anchor: dt.date, signal
             return Replay(env, env.t, obs, days, False)
 
 
-def vol_targeting(env: TradingEnv, t: int, action: np.ndarray) -> dict[str, np.ndarray]:
-    """The action scheme's steps at decision ``t``: raw weights, the vol-targeting scale, the capped targets."""
-    scheme, config = env.engine.action_scheme, env.config
-    raw = np.empty(len(env.symbols))
-    gain = scheme.params[env_kernels.P_SOFTMAX_GAIN]
-    if gain > 0.0:
-        env_kernels.softmax_weights_row(np.asarray(action, np.float64), gain, raw)
-    else:
-        env_kernels.raw_weights_row(np.asarray(action, np.float64), config.allow_short, raw)
-    if config.vol_mode == "portfolio":
-        vol = float(portfolio_vol(raw, scheme.returns[t - config.cov_window + 1 : t + 1].T)[0])
-        scale = np.full(len(raw), config.target_vol / max(vol, config.vol_floor))
-    else:
-        scale = scheme.scale[t]
-    return {"raw": raw, "scale": scale, "target": scheme.targets(action, t)}
+def observation_names(env: TradingEnv, t: int) -> list[str]:
+    """A name per entry of the observation at the close of ``t``, in the observer's layout (docs/environment.md):
+    the window's days oldest first, per day each symbol's log return, volatilities and return sums; then each
+    symbol's weight, the cash fraction and the drawdown."""
+    market = env.engine.market
+    features = ["log_ret", *map(vol_column, market.vol_windows), *(f"ret_sum_{w}" for w in market.return_windows)]
+    days = market.date_strings[t - env.config.window_size + 1 : t + 1]
+    window = [f"{symbol} {feature} on {day}" for day in days for symbol in market.symbols for feature in features]
+    return [*window, *(f"{symbol} weight" for symbol in market.symbols), "cash fraction", "drawdown"]
+
+
+def out_of_distribution(names: list[str], normalized: np.ndarray, ood_std: float, shown: int = 5) -> list[str]:
+    """The warning (none or one) naming the observation entries ``ood_std`` or more standard deviations from the
+    training statistics, the farthest first."""
+    far = np.flatnonzero(np.abs(normalized) >= ood_std)
+    if not len(far):
+        return []
+    farthest = far[np.argsort(-np.abs(normalized[far]), kind="stable")]
+    listed = ", ".join(f"{names[i]} ({normalized[i]:+.1f})" for i in farthest[:shown])
+    more = f" and {len(far) - shown} more" if len(far) > shown else ""
+    return [f"out of distribution: {len(far)} observation entries lie {ood_std:g}+ std devs from the training "
+            f"statistics: {listed}{more}"]  # fmt: skip
 
 
 def decide(rep: Replay, model: Any, normalize: Any, ood_std: float) -> tuple[dict[str, np.ndarray], list[str]]:
@@ -136,15 +135,14 @@ def decide(rep: Replay, model: Any, normalize: Any, ood_std: float) -> tuple[dic
         raise UserError(f"the observation at {rep.env.dates[rep.t]} is not finite (entries "
                         f"{np.flatnonzero(~np.isfinite(rep.obs)).tolist()[:10]})", ExitCode.REFUSED)  # fmt: skip
     warnings = []
-    if normalize is not None:
-        far = np.flatnonzero(np.abs(normalize(rep.obs)) >= ood_std)
-        if len(far):
-            warnings.append(f"out of distribution: {len(far)} observation entries lie {ood_std:g}+ std devs from "
-                            f"the training statistics (indices {far.tolist()[:10]})")  # fmt: skip
+    if normalize is not None:  # a run trained on raw observations has no statistics to compare with
+        names = observation_names(rep.env, rep.t)
+        warnings = out_of_distribution(names, np.asarray(normalize(rep.obs), np.float64), ood_std)
     kind, action = agent_policy(model, normalize)(rep.obs, rep.env.dates[rep.t], None)
     if kind != "action" or action is None:  # the agent always acts through the action scheme
         raise RuntimeError(f"the agent policy returned a {kind!r} decision")
-    return vol_targeting(rep.env, rep.t, action), warnings
+    raw, scale, target = rep.env.engine.action_scheme.steps(action, rep.t)
+    return {"raw": raw, "scale": scale, "target": target}, warnings
 
 
 def advisory(rep: Replay, targets: np.ndarray, notional: float, closes: np.ndarray) -> tuple[pd.DataFrame, dict]:
@@ -276,45 +274,13 @@ def to_json(doc: dict[str, Any]) -> str:
     return json.dumps({**doc, "table": table.to_dict(orient="index")}, indent=1, allow_nan=False)
 
 
-def shadow_report(engine: sa.Engine, settings: PredictSettings) -> None:
-    """The shadow record beside the baselines run over the same days, with the evaluation's statistics.
-
-    :raise UserError: (NOT_FOUND) the run has no shadow record yet.
-    """
-    run, env_settings, config = load_run(engine, settings)
-    shadow = signal_records.read_shadow(engine, run.run_id)
-    if shadow.empty:
-        raise UserError(f"run {run.run_id} has no shadow record: run predict_mvp.py on two sessions first",
-                        ExitCode.NOT_FOUND)  # fmt: skip
-    anchor, end = signal_records.read_signals(engine, run.run_id).index[0], shadow.index[-1]
-    data = db_utils.load_training_bars(engine, run.symbols, None, end, include_flagged=True)
-    market = slice_market(build_market(data.bars, config), config, anchor, end)
-    baselines = evaluate_policies(market, env_settings, baseline_policies(len(market.symbols)))
-    traces = {records.AGENT: signal_records.shadow_trace(shadow, anchor, config.initial_cash), **baselines.traces}
-    weights = {records.AGENT: pd.DataFrame(index=traces[records.AGENT].index), **baselines.weights}
-    evaluation = Evaluation.from_traces(traces, weights)
-    sharpe = float(evaluation.metrics.loc[records.AGENT, "sharpe"])
-    trials = records.count_trials(engine, run, evaluation.start, evaluation.end, sharpe)
-    stats = records.compute_statistics(evaluation, trials, BootstrapConfig(reps=settings.bootstrap_reps))
-    doc = records.document(run, evaluation, stats, trials)
-    out = sys.stderr if settings.json else sys.stdout
-    print(f"shadow record of run {run.run_id} (the stored signals, traded forward) beside the baselines", file=out)
-    report_mvp.print_summary(doc, evaluation, out)
-    if settings.json:
-        print(json.dumps({**doc, "shadow": True}, indent=1, allow_nan=False))
-
-
 def main(argv: list[str] | None = None) -> int:
-    """Parse the flags and predict (see :func:`predict`) or report the shadow record."""
+    """Parse the flags and predict (see :func:`predict`)."""
     settings = parse_command(PredictSettings, argv, "Tomorrow's target weights from a trained run.")
     if settings is None:
         return int(ExitCode.OK)
     announce = functools.partial(print, file=sys.stderr) if settings.json else print
-    engine = db_utils.connect(settings, announce=announce)
-    if settings.shadow_report:
-        shadow_report(engine, settings)
-        return int(ExitCode.OK)
-    doc = predict(engine, settings)
+    doc = predict(db_utils.connect(settings, announce=announce), settings)
     print_prediction(doc, sys.stderr if settings.json else sys.stdout)
     if settings.json:
         print(to_json(doc))

@@ -3,7 +3,8 @@
 :func:`write_report` writes ``equity.png``, ``drawdown.png``, ``weights.png``, ``training.png``, ``metrics.png``,
 ``intervals.png`` and ``report.html`` (the same PNGs inlined as base64 data URIs, so the page can be mailed or
 archived alone). The statistics come as the evaluation's JSON document (``evaluation_records.document``); the
-same table and notes are printed by ``evaluate_mvp.py``.
+same table and notes are printed by ``evaluate_mvp.py``. A group's report (``group_report.py``) is built from the
+same tables, charts and :func:`write_page`.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import datetime as dt
 import html
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -54,6 +55,12 @@ METRIC_FORMATS = {
 # interval statistic -> (heading, format of the estimate and both bounds)
 INTERVAL_FORMATS = {"sharpe": ("Sharpe", "{:.2f}"), "cagr": ("CAGR", "{:+.1%}"),
                     "max_drawdown": ("Max drawdown", "{:.1%}")}  # fmt: skip
+# the report pages' shared look (the evaluation's and the group's)
+STYLE = """<style>body{font-family:system-ui,sans-serif;max-width:1250px;margin:2em auto;color:#222}
+table{border-collapse:collapse;font-size:14px}th,td{padding:4px 10px;border-bottom:1px solid #ddd;text-align:right}
+th:first-child,td:first-child{text-align:left}img{max-width:100%}p{color:#555}
+.verdict{font-size:17px;color:#111;border-left:5px solid #444;padding:6px 12px;background:#f4f4f4}
+.in-sample{color:#a00;font-weight:bold;border:2px solid #a00;padding:6px 12px}</style>"""
 SECTIONS = (
     ("equity", "Equity curves", "Cumulative return of every policy over the evaluated sessions, after costs."),
     ("drawdown", "Drawdowns", "Fall from each policy's running peak; the dashed line is the drawdown stop."),
@@ -84,7 +91,7 @@ def _p_text(p: float | None) -> str:
     return "n/a" if p is None else "<0.001" if p < 0.001 else f"{p:.3f}" if p < 0.01 else f"{p:.2f}"
 
 
-def _interval_text(interval: Mapping[str, float | None], pattern: str, scale: float = 1.0) -> str:
+def interval_text(interval: Mapping[str, float | None], pattern: str, scale: float = 1.0) -> str:
     """The interval as "estimate [low, high]"; "n/a" when undefined, the estimate alone without bounds."""
     estimate, low, high = (None if v is None else v * scale for v in interval.values())
     if low is None or high is None:
@@ -97,12 +104,12 @@ def format_statistics(doc: Mapping[str, Any]) -> pd.DataFrame:
     paired Sharpe and mean daily return differences against it with their intervals and p-values."""
     rows = {}
     for policy, entry in doc["policies"].items():
-        row = {head: _interval_text(entry[key], fmt) for key, (head, fmt) in INTERVAL_FORMATS.items()}
+        row = {head: interval_text(entry[key], fmt) for key, (head, fmt) in INTERVAL_FORMATS.items()}
         row["PSR"] = _num(entry["psr"], "{:.2f}")
         c = doc["comparisons"].get(policy)
-        row["agent - this: Sharpe"] = _interval_text(c["sharpe_difference"], "{:+.2f}") if c else ""
+        row["agent - this: Sharpe"] = interval_text(c["sharpe_difference"], "{:+.2f}") if c else ""
         row["p (Sharpe)"] = _p_text(c["sharpe_p_value"]) if c else ""
-        row["agent - this: mean bp/day"] = _interval_text(c["mean_difference"], "{:+.1f}", 1e4) if c else ""
+        row["agent - this: mean bp/day"] = interval_text(c["mean_difference"], "{:+.1f}", 1e4) if c else ""
         row["p (mean)"] = _p_text(c["mean_p_value"]) if c else ""
         rows[LABELS.get(policy, policy)] = row
     table = pd.DataFrame.from_dict(rows, orient="index")
@@ -155,12 +162,12 @@ def _label(policy: str, trace: pd.DataFrame) -> str:
     return LABELS.get(policy, policy) + (f" (stopped {stopped} d)" if stopped else "")
 
 
-def _style(policy: str) -> dict[str, Any]:
+def line_style(policy: str) -> dict[str, Any]:
     agent = policy == "agent"
     return {"color": COLORS.get(policy), "linewidth": 2.2 if agent else 1.3, "zorder": 3 if agent else 2}
 
 
-def _date_axis(ax: plt.Axes, ylabel: str) -> None:
+def date_axis(ax: plt.Axes, ylabel: str) -> None:
     ax.set_xlabel("Date")
     ax.set_ylabel(ylabel)
     ax.grid(True, alpha=0.3)
@@ -172,13 +179,13 @@ def equity_figure(evaluation: Evaluation) -> Figure:
     fig, ax = plt.subplots(figsize=(11, 5.5), layout="constrained")
     for policy, trace in evaluation.traces.items():
         growth = trace["net_worth"] / trace["net_worth"].iloc[0] - 1.0
-        ax.plot(growth.index, growth, label=f"{_label(policy, trace)}: {growth.iloc[-1]:+.1%}", **_style(policy))
+        ax.plot(growth.index, growth, label=f"{_label(policy, trace)}: {growth.iloc[-1]:+.1%}", **line_style(policy))
         if trace["stopped"].any():
             stop = trace.index[trace["stopped"].argmax() - 1]
             ax.plot(stop, growth[stop], "x", color=COLORS.get(policy), markersize=10, markeredgewidth=2.5)
     ax.axhline(0.0, color="black", linewidth=0.8, zorder=1)
     ax.yaxis.set_major_formatter(PercentFormatter(1.0))
-    _date_axis(ax, "Cumulative return (after costs)")
+    date_axis(ax, "Cumulative return (after costs)")
     ax.set_title(f"Out-of-sample equity curves, {evaluation.start} to {evaluation.end}")
     ax.legend(loc="upper left", frameon=True)
     return fig
@@ -190,7 +197,7 @@ def drawdown_figure(evaluation: Evaluation, stop_level: float) -> Figure:
     for policy, trace in evaluation.traces.items():
         worth = trace["net_worth"]
         drawdown = worth / worth.cummax() - 1.0
-        ax.plot(drawdown.index, drawdown, label=f"{_label(policy, trace)}: {drawdown.min():.1%}", **_style(policy))
+        ax.plot(drawdown.index, drawdown, label=f"{_label(policy, trace)}: {drawdown.min():.1%}", **line_style(policy))
         if policy == "agent":
             ax.fill_between(drawdown.index, drawdown, 0.0, color=COLORS["agent"], alpha=0.12)
     if stop_level < 1.0:
@@ -198,7 +205,7 @@ def drawdown_figure(evaluation: Evaluation, stop_level: float) -> Figure:
             -stop_level, color="#d62728", linestyle="--", linewidth=1.2, label=f"drawdown stop ({stop_level:.0%})"
         )
     ax.yaxis.set_major_formatter(PercentFormatter(1.0))
-    _date_axis(ax, "Drawdown from peak")
+    date_axis(ax, "Drawdown from peak")
     ax.set_title("Drawdowns (legend: maximum drawdown)")
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), ncols=3, frameon=False)
     return fig
@@ -218,7 +225,7 @@ def weights_figure(weights: pd.DataFrame) -> Figure:
     ax.stackplot(shown.index, shown.T.to_numpy(), labels=list(shown.columns), colors=colors, linewidth=0)
     ax.set_ylim(0.0, max(1.0, float(shown.sum(axis=1).max())))
     ax.yaxis.set_major_formatter(PercentFormatter(1.0))
-    _date_axis(ax, "Share of net worth")
+    date_axis(ax, "Share of net worth")
     ax.set_title("Agent portfolio weights (end of day)")
     ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False, reverse=True)
     return fig
@@ -290,13 +297,13 @@ def metrics_figure(table: pd.DataFrame) -> Figure:
     return fig
 
 
-def _save(fig: Figure, path: Path) -> bytes:
+def save_figure(fig: Figure, path: Path) -> bytes:
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path.read_bytes()
 
 
-def _statistics_section(doc: Mapping[str, Any], img: str) -> str:
+def statistics_section(doc: Mapping[str, Any], img: str) -> str:
     table = format_statistics(doc).to_html(classes="statistics", border=0, index_names=False)
     notes = "".join(f"<li>{html.escape(line)}</li>" for line in [*statistics_notes(doc), *doc["verdict"]["details"]])
     return (f'<section id="statistics"><h2>How sure can we be?</h2><p>Bootstrap intervals, the probabilistic Sharpe '
@@ -304,12 +311,8 @@ def _statistics_section(doc: Mapping[str, Any], img: str) -> str:
             f"baseline (docs/statistics.md).</p>{table}{img}<ul>{notes}</ul></section>")  # fmt: skip
 
 
-def _html_page(run: RunRecord, evaluation: Evaluation, table: pd.DataFrame, images: dict[str, bytes],
+def _html_page(run: RunRecord, evaluation: Evaluation, table: pd.DataFrame, img: Callable[[str], str],
                env_settings: dict[str, Any], doc: Mapping[str, Any]) -> str:  # fmt: skip
-    def img(name: str) -> str:
-        data = base64.b64encode(images[name]).decode("ascii")
-        return f'<img src="data:image/png;base64,{data}" alt="{name} chart">'
-
     symbols = ", ".join(run.symbols)
     sections = "".join(
         f'<section id="{key}"><h2>{title}</h2><p>{note}</p>{img(key)}</section>' for key, title, note in SECTIONS
@@ -323,11 +326,7 @@ def _html_page(run: RunRecord, evaluation: Evaluation, table: pd.DataFrame, imag
               if in_sample else "")  # fmt: skip
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{kind} evaluation of run {html.escape(run.run_id)}</title>
-<style>body{{font-family:system-ui,sans-serif;max-width:1250px;margin:2em auto;color:#222}}
-table{{border-collapse:collapse;font-size:14px}}th,td{{padding:4px 10px;border-bottom:1px solid #ddd;text-align:right}}
-th:first-child,td:first-child{{text-align:left}}img{{max-width:100%}}p{{color:#555}}
-.verdict{{font-size:17px;color:#111;border-left:5px solid #444;padding:6px 12px;background:#f4f4f4}}
-.in-sample{{color:#a00;font-weight:bold;border:2px solid #a00;padding:6px 12px}}</style></head><body>
+{STYLE}</head><body>
 <h1>{kind} evaluation of run {html.escape(run.run_id)}</h1>
 {banner}<p class="verdict" id="verdict">{html.escape(doc["verdict"]["text"])}</p>
 <p>{kind}: {evaluation.start} to {evaluation.end} ({sessions} sessions after the start); training slice
@@ -336,7 +335,7 @@ Every policy runs in the same environment, with the same costs and execution tim
 after a drawdown stop a policy sells everything and stays in cash.
 Generated {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC.</p>
 <section id="metrics"><h2>Metrics</h2>{table.to_html(classes="metrics", border=0, index_names=False)}</section>
-{_statistics_section(doc, img("intervals"))}
+{statistics_section(doc, img("intervals"))}
 {sections}
 <section id="settings"><h2>Environment settings</h2><pre>{settings}</pre></section>
 </body></html>
@@ -361,13 +360,27 @@ def write_report(out_dir: Path, run: RunRecord, evaluation: Evaluation, episodes
         "metrics": metrics_figure(table),
         "intervals": intervals_figure(doc),
     }
+    return write_page(out_dir, figures, lambda img: _html_page(run, evaluation, table, img, env_settings, doc))
+
+
+def write_page(out_dir: Path, figures: Mapping[str, Figure], render: Callable[[Callable[[str], str]], str]) -> Path:
+    """Save each figure as ``<name>.png`` in ``out_dir`` (created) and write ``report.html``, the page
+    ``render(img)`` returns, where ``img(name)`` is that figure's ``<img>`` tag with the PNG inlined; return its path.
+
+    :raise UserError: (FILESYSTEM) the folder or a file in it cannot be written (permissions, full disk).
+    """
     path = out_dir / "report.html"
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
-        images = {name: _save(fig, out_dir / f"{name}.png") for name, fig in figures.items()}
+        images = {name: save_figure(fig, out_dir / f"{name}.png") for name, fig in figures.items()}
+
+        def img(name: str) -> str:
+            data = base64.b64encode(images[name]).decode("ascii")
+            return f'<img src="data:image/png;base64,{data}" alt="{name} chart">'
+
         # written under a temporary name and renamed, so a reader never sees half a page
         partial = path.with_suffix(".html.partial")
-        partial.write_text(_html_page(run, evaluation, table, images, env_settings, doc), encoding="utf-8")
+        partial.write_text(render(img), encoding="utf-8")
         partial.replace(path)
     except OSError as exc:
         raise unwritable_folder("--out-dir", out_dir, exc) from None

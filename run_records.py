@@ -50,6 +50,12 @@ class RunRecord:
     episodes_done: int | None = None
     total_steps: int | None = None
     error: str | None = None
+    # A member of a group (train_mvp.py --seeds/--folds): its group, walk-forward fold (None: no folds) and the
+    # sessions it is judged on (None: the held-out tail after its slice).
+    group_id: str | None = None
+    fold: int | None = None
+    test_start: dt.date | None = None
+    test_end: dt.date | None = None
 
     @classmethod
     def from_row(cls, row: Mapping[Any, Any]) -> RunRecord:
@@ -97,6 +103,11 @@ def code_version() -> str | None:
     return out.stdout.strip() or None
 
 
+def new_id(now: dt.datetime) -> str:
+    """A run or group id: ``YYYYMMDD-HHMMSS-xxxxxx`` (UTC time of creation, 6 random hex digits)."""
+    return f"{now:%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}"
+
+
 def package_versions() -> dict[str, str]:
     """Installed versions of the packages that decide the numbers."""
     return {name: importlib.metadata.version(name) for name in PACKAGES}
@@ -111,22 +122,28 @@ def new_run(
     symbols: list[str],
     bars: pd.DataFrame,
     checkpoint_dir: Path,
+    group_id: str | None = None,
+    fold: int | None = None,
+    test_start: dt.date | None = None,
+    test_end: dt.date | None = None,
 ) -> TrainingState:
     """Insert the ``tt_runs`` row of a new run and return its training state (run id, counters, folder).
 
     :param config: the full effective configuration (``{"env": ..., "train": ...}``, secrets already masked).
     :param symbols: the traded symbols, in the environment's asset order.
     :param bars: the exact bars trained on (their date range and fingerprint are recorded).
+    :param group_id: the group the run belongs to (``run_groups``), with its ``fold`` and test sessions.
     """
     now = dt.datetime.now(dt.UTC)
-    run_id = f"{now:%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}"
+    run_id = new_id(now)
     folder = (checkpoint_dir / run_id).resolve()
     record = RunRecord(
         run_id=run_id, status="running", started_at=now, backend=backend,
         config=json.loads(json.dumps(config, default=str)), seed=seed, symbols=tuple(symbols),
         slice_start=pd.Timestamp(bars["date"].min()).date(), slice_end=pd.Timestamp(bars["date"].max()).date(),
         data_fingerprint=fingerprint(bars), package_versions=package_versions(), code_version=code_version(),
-        checkpoint_dir=str(folder), episodes_done=0, total_steps=0,
+        checkpoint_dir=str(folder), episodes_done=0, total_steps=0, group_id=group_id, fold=fold,
+        test_start=test_start, test_end=test_end,
     )  # fmt: skip
     with engine.begin() as conn:
         conn.execute(tables.runs.insert().values(**dataclasses.asdict(record)))
@@ -211,9 +228,11 @@ def show_run(engine: sa.Engine, run: str, last: int) -> None:
     with engine.connect() as conn:
         steps = pd.read_sql_query(sa.select(s).where(s.c.run_id == run_id).order_by(s.c.episode.desc(),
                                   s.c.step.desc()).limit(last), conn)  # fmt: skip
+    fold = f" fold {record.fold} (test {record.test_start} .. {record.test_end})" if record.fold is not None else ""
     print(f"run {run_id}: {record.status}, {record.episodes_done} episodes, {record.total_steps} steps, "
           f"symbols {', '.join(record.symbols)}, slice {record.slice_start} .. {record.slice_end}, "
-          f"seed {record.seed}, checkpoints {record.checkpoint_dir}")  # fmt: skip
+          f"seed {record.seed}, checkpoints {record.checkpoint_dir}"
+          + (f", group {record.group_id}{fold}" if record.group_id else ""))  # fmt: skip
     with pd.option_context("display.width", 200, "display.max_columns", 20, "display.max_colwidth", 60):
         print("\nepisodes:\n" + (episodes.drop(columns="run_id").to_string(index=False) if len(episodes) else "(none)"))
         shown = steps.iloc[::-1].drop(columns="run_id")

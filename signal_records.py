@@ -1,6 +1,6 @@
 """A prediction's data gate and records: the freshness and finiteness checks on the stored bars, the ``tt_signals``
-rows (target weights per run, as-of close and symbol) and the ``tt_shadow`` forward record (predict_mvp.py;
-docs/predict.md).
+rows (target weights per run, as-of close and symbol), the ``tt_shadow`` forward record (predict_mvp.py;
+docs/predict.md) and its evaluation beside the baselines over the same sessions (``evaluate_mvp.py --shadow``).
 
 A signal is refused rather than computed on stale or incomplete data: every symbol's latest stored bar must be the
 exchange calendar's last completed session, and its features finite there (the observer turns NaN into 0, so a
@@ -18,10 +18,17 @@ import pandas as pd
 import sqlalchemy as sa
 
 import db_utils
+import evaluation_records as records
 import tt_schema as tables
 from coverage_check import get_calendar
+from evaluation_stats import BootstrapConfig
 from features import compute_basic_features, vol_column
+from market import build_market
+from metrics import Evaluation
+from policy_rollout import baseline_policies, evaluate_policies, run_env_settings, slice_market
+from run_records import RunRecord
 from settings import ExitCode, UserError
+from tensortrade_risk_module import EnvConfig
 
 
 def last_session(as_of: dt.date | None, calendar: str, now: pd.Timestamp | None = None) -> dt.date:
@@ -113,3 +120,30 @@ def shadow_trace(shadow: pd.DataFrame, anchor: dt.date, initial_cash: float) -> 
     trace["gross_exposure"] = np.nan
     trace["stopped"] = False
     return trace
+
+
+def evaluate_shadow(engine: sa.Engine, run: RunRecord, bootstrap_reps: int) -> tuple[dict[str, Any], Evaluation]:
+    """The run's shadow record (as the agent) beside the baselines run over the same sessions, from the first
+    signal's close to the last shadow day, with the evaluation's statistics; nothing is stored.
+
+    :return: the evaluation's document (``evaluation_records.document``, plus ``"shadow": true``) and the
+        evaluation.
+    :raise UserError: (NOT_FOUND) the run has no shadow record yet.
+    """
+    shadow = read_shadow(engine, run.run_id)
+    if shadow.empty:
+        raise UserError(f"run {run.run_id} has no shadow record: run predict_mvp.py on two sessions first",
+                        ExitCode.NOT_FOUND)  # fmt: skip
+    env_settings = run_env_settings(run)
+    config = EnvConfig(**env_settings)
+    anchor, end = read_signals(engine, run.run_id).index[0], shadow.index[-1]
+    data = db_utils.load_training_bars(engine, run.symbols, None, end, include_flagged=True)
+    market = slice_market(build_market(data.bars, config), config, anchor, end)
+    baselines = evaluate_policies(market, env_settings, baseline_policies(len(market.symbols)))
+    traces = {records.AGENT: shadow_trace(shadow, anchor, config.initial_cash), **baselines.traces}
+    weights = {records.AGENT: pd.DataFrame(index=traces[records.AGENT].index), **baselines.weights}
+    evaluation = Evaluation.from_traces(traces, weights)
+    sharpe = float(evaluation.metrics.loc[records.AGENT, "sharpe"])
+    trials = records.count_trials(engine, run, evaluation.start, evaluation.end, sharpe)
+    stats = records.compute_statistics(evaluation, trials, BootstrapConfig(reps=bootstrap_reps))
+    return {**records.document(run, evaluation, stats, trials), "shadow": True}, evaluation

@@ -305,6 +305,18 @@ class VolTargetActionScheme:
         out = kernels.targets_rows(_rows(lead, action), rows, self.scale, self.returns, self.params)
         return out.reshape(*lead, -1)
 
+    def steps(self, action: np.ndarray, t: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The target weights of one action at ``t`` step by step, by the kernels :meth:`targets` runs: the raw
+        weights (the action map), the vol-targeting scale per asset and the capped targets (:meth:`targets`)."""
+        target = self.targets(action, t)  # first: it checks t
+        raw = np.empty(self.n_assets)
+        kernels.action_weights_row(np.asarray(action, np.float64), self.params, raw)
+        if self.params[kernels.P_PORTFOLIO_VOL]:
+            scale = np.full(self.n_assets, kernels.portfolio_scale_row(raw, t, self.returns, self.params))
+        else:
+            scale = self.scale[t].copy()
+        return raw, scale, target
+
 
 class RiskAwareReward:
     """Log return net of costs (or the differential Sharpe ratio) minus downside and drawdown penalties."""

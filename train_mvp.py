@@ -4,7 +4,8 @@
 checkpoints after every episode and at the end, prints one line per episode and logs every step to
 ``tt_steps`` (episodes to ``tt_episodes``, the run to ``tt_runs``) through :mod:`step_logger`.
 ``--resume CHECKPOINT`` continues a run; ``--show-run RUN|latest --last N`` prints what a run logged;
-``--load-steps FILE`` stores rows saved to a fallback file during a database outage. docs/training.md.
+``--load-steps FILE`` stores rows saved to a fallback file during a database outage. ``--seeds K`` and
+``--folds N`` train a group of runs (seeds, walk-forward folds: :func:`train_group`). docs/training.md.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import pandas as pd
 import sqlalchemy as sa
 
 import db_utils
+import run_groups
 import run_records
 from checkpoints import CLIP_OBS, LEGACY_SETTINGS, TrainingState, load_model, load_normalization, read_checkpoint
 from settings import (
@@ -39,6 +41,7 @@ from step_fallback import load_fallback
 from step_logger import RETRIABLE
 from tensortrade_risk_module import EnvConfig
 from training_run import run_training, settings_record, sigterm_as_interrupt
+from walk_forward import Fold, Window
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,6 +83,13 @@ class TrainSettings(EnvConfig, CommonSettings):
     last: int = setting(100, "with --show-run: how many of the last steps to print")
     load_steps: Path | None = setting(None, "store the rows of a step-log fallback file and exit")
     evaluate: str | None = setting(None, "evaluate a run (RUN id or 'latest') out of sample like evaluate_mvp.py, exit")
+    # Groups (docs/training.md, "Seeds and walk-forward"): every (fold, seed) is a run of its own.
+    seeds: int = setting(1, "train seeds --seed .. --seed + SEEDS - 1 as one group")
+    folds: int = setting(0, "walk-forward test folds at the end of the stored sessions (0: no walk-forward)")
+    test_sessions: int = setting(252, "sessions per walk-forward test fold")
+    embargo: int = setting(5, "sessions left out between a fold's training slice and its test fold")
+    window: Window = setting("expanding", "walk-forward training window: expanding or rolling")
+    train_sessions: int = setting(1260, "sessions of the rolling training window")
 
     def __post_init__(self) -> None:
         """Refuse values PPO or the run would fail on later (with a traceback, or a run left ``running``)."""
@@ -100,12 +110,24 @@ class TrainSettings(EnvConfig, CommonSettings):
             ("seed", 0 <= self.seed < 2**32, "in [0, 2**32)"),
             ("keep_checkpoints", self.keep_checkpoints >= 0, ">= 0"),
             ("last", self.last >= 0, ">= 0"),
+            ("seeds", 1 <= self.seeds <= 2**32 - self.seed, ">= 1, with --seed + --seeds <= 2**32"),
+            ("folds", self.folds >= 0, ">= 0"),
+            ("test_sessions", self.test_sessions >= 2, ">= 2 (a fold is judged over at least one step)"),
+            ("embargo", self.embargo >= 0, ">= 0"),
+            ("train_sessions", self.train_sessions >= 2, ">= 2"),
         ]
         for name, ok, rule in checks:
             if not ok:
                 raise UserError(f"setting --{name.replace('_', '-')}: {getattr(self, name)!r} must be {rule}")
         if self.start is not None and self.end is not None and self.end < self.start:
             raise UserError(f"--end {self.end} is before --start {self.start}")
+        if self.resume is not None and self.grouped:
+            raise UserError("--resume continues one run: without --seeds/--folds (resume a group's run on its own)")
+
+    @property
+    def grouped(self) -> bool:
+        """Whether the command trains a group (several seeds or walk-forward folds) rather than one run."""
+        return self.seeds > 1 or self.folds > 0
 
 
 def env_settings(settings: TrainSettings) -> dict[str, Any]:
@@ -230,13 +252,17 @@ def build_model(settings: TrainSettings, env: Any, resume_zip: Path | None) -> A
 # ------------------------------------------------------------------------------------------------ runs
 
 
-def new_run(engine: sa.Engine, settings: TrainSettings, symbols: list[str], bars: pd.DataFrame) -> TrainingState:
-    """Record a new run with its full effective configuration (``env``: EnvConfig fields, ``train``: the rest)."""
+def new_run(
+    engine: sa.Engine, settings: TrainSettings, symbols: list[str], bars: pd.DataFrame,
+    member: run_groups.Member | None = None,
+) -> TrainingState:  # fmt: skip
+    """Record a new run with its full effective configuration (``env``: EnvConfig fields, ``train``: the rest)
+    and, in a group, its place there."""
     env = env_settings(settings)
     train = {k: v for k, v in settings_record(settings).items() if k not in env}
     return run_records.new_run(engine, config={"env": env, "train": train}, backend=settings.backend,
-                               seed=settings.seed, symbols=symbols, bars=bars,
-                               checkpoint_dir=settings.checkpoint_dir)  # fmt: skip
+                               seed=settings.seed, symbols=symbols, bars=bars, checkpoint_dir=settings.checkpoint_dir,
+                               **(dataclasses.asdict(member) if member else {}))  # fmt: skip
 
 
 @dataclasses.dataclass(frozen=True)
@@ -280,8 +306,8 @@ def _resumed_settings(state: TrainingState) -> dict[str, Any]:
     return {k: convert(v, hints[k], k) for k, v in stored.items() if k in hints and k not in changeable}
 
 
-def train(engine: sa.Engine, settings: TrainSettings) -> int:
-    """Train (or resume) a run; returns the exit code.
+def train(engine: sa.Engine, settings: TrainSettings, member: run_groups.Member | None = None) -> int:
+    """Train (or resume) a run (``member``: of a group); returns the exit code.
 
     Every refusal (data, settings, checkpoint, folders) comes before the run is recorded or marked running, so a
     refused command leaves ``tt_runs`` as it was; from then on :func:`run_training` always records the outcome.
@@ -295,13 +321,38 @@ def train(engine: sa.Engine, settings: TrainSettings) -> int:
         try:
             model = build_model(settings, env, plan.model_zip)
             if resumed is None:
-                state = new_run(engine, settings, plan.symbols, plan.bars)
+                state = new_run(engine, settings, plan.symbols, plan.bars, member)
             else:
                 run_records.mark_resumed(engine, resumed.run_id)
                 state = resumed
             return run_training(engine, settings, model, env, state)
         finally:
             env.close()  # stops the TensorTrade backend's worker processes now rather than at exit
+
+
+def plan_group(engine: sa.Engine, settings: TrainSettings) -> list[tuple[Fold | None, TrainSettings]]:
+    """Each member run's fold and settings (:func:`run_groups.plan_members`), settled before any row is written;
+    the folds span --start .. --end (no holdout: the test folds are the out-of-sample part)."""
+    writable_folder(settings.log_dir, "--log-dir")
+    writable_folder(settings.checkpoint_dir, "--checkpoint-dir")
+    whole = dataclasses.replace(settings, holdout=0.0) if settings.folds else settings
+    return run_groups.plan_members(settings, *training_slice(engine, whole, requested_symbols(settings)))
+
+
+def train_group(engine: sa.Engine, settings: TrainSettings, study: str | None = None, trial: int | None = None) -> str:
+    """Train ``--seeds`` seeds on each walk-forward fold (or on the plain slice) as a group; returns its id.
+
+    Refusals come before the group is recorded; each member is a normal run (:func:`train`).
+    :raise KeyboardInterrupt: a member was interrupted (the group is marked ``interrupted``).
+    """
+    return _train_group(engine, settings, study, trial)[0]
+
+
+def _train_group(engine: sa.Engine, settings: TrainSettings, study: str | None, trial: int | None) -> tuple[str, int]:
+    with sigterm_as_interrupt():
+        members = plan_group(engine, settings)
+        record = settings_record(settings)
+        return run_groups.run_group(engine, record, members, lambda s, m: train(engine, s, m), study, trial)
 
 
 def load_steps(engine: sa.Engine, path: Path) -> int:
@@ -336,7 +387,7 @@ def main(argv: list[str] | None = None) -> int:
     if settings.show_run is not None:
         run_records.show_run(engine, settings.show_run, settings.last)
         return int(ExitCode.OK)
-    return train(engine, settings)
+    return _train_group(engine, settings, None, None)[1] if settings.grouped else train(engine, settings)
 
 
 def cli() -> int:

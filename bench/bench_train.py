@@ -102,8 +102,9 @@ def main() -> None:
         print(f"PPO, {symbols.count(',') + 1} ETFs, torch threads 1 (fastest of {ROUNDS}), load average "
               f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")  # fmt: skip
         for name, r in best.items():
-            print(f"  {name:<30}: {r['steps']:>7} env steps {r['wall']:7.2f} s {rate[name]:9,.0f} env steps/s  "
-                  f"env share {r['env'] / r['wall']:.0%}")  # fmt: skip
+            slowest = min(x["steps"] / x["wall"] for x in results[name])  # the spread shows how loaded the machine was
+            print(f"  {name:<30}: {r['steps']:>7} env steps {r['wall']:7.2f} s {rate[name]:9,.0f} env steps/s "
+                  f"(slowest round {slowest:,.0f})  env share {r['env'] / r['wall']:.0%}")  # fmt: skip
         on, sb3 = rate["defaults, step log on"], rate["SB3 default PPO, step log on"]
         print(f"  defaults / SB3 default PPO (step log on): {on / sb3:.1f}x  (goal: >= 20,000 env steps/s)")
         print(f"  step log cost: {rate['defaults, step log off'] / on:.3f}x wall per step  (goal <= 1.10)")

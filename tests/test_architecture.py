@@ -24,7 +24,11 @@ USERS = sorted([*REPO.glob("tools/*.py"), *REPO.glob("bench/*.py"), *REPO.glob("
 # The environment may not import storage (no SQLAlchemy in environment workers), nor sources (no ib_async).
 LAYERS = (
     ("foundation", "settings", ""),
-    ("core", "bar_validation features metrics evaluation_stats seed_stats planted_markets", "foundation"),
+    (
+        "core",
+        "bar_validation features metrics evaluation_stats seed_stats planted_markets walk_forward search_space",
+        "foundation",
+    ),
     ("sources", "bar_files bar_parsing watchlist_loader ibkr_pacing ibkr_parsing ibkr_source", "foundation core"),
     ("storage", "tt_schema db_utils run_locks bar_store coverage_check", "foundation core"),
     (
@@ -35,12 +39,12 @@ LAYERS = (
     (
         "runs",
         "checkpoints run_records step_logger step_fallback training_run ingest_log evaluation_records report_mvp "
-        "signal_records policy_rollout",
+        "signal_records policy_rollout run_groups group_evaluation group_report",
         "foundation core sources storage environment",
     ),
     (
         "commands",
-        "create_tt_tables mvp_pipeline train_mvp evaluate_mvp predict_mvp",
+        "create_tt_tables mvp_pipeline train_mvp evaluate_mvp predict_mvp tune_mvp",
         "foundation core sources storage environment runs",
     ),
 )

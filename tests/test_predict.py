@@ -1,6 +1,7 @@
 """predict_mvp.py on the bundled sample (SQLite and PostgreSQL): days passing (stored targets = the evaluation
 rollout's, shadow returns = the environment's), the data gate (stale, missing, non-finite: refused, nothing
-written), idempotent reruns, a gap filled in order, the shadow report."""
+written), idempotent reruns, a gap filled in order, the out-of-distribution warning, the vol-targeting steps, and
+``evaluate_mvp.py --shadow``."""
 
 from __future__ import annotations
 
@@ -16,11 +17,12 @@ import sqlalchemy as sa
 
 import bar_store
 import db_utils
+import evaluate_mvp
 import predict_mvp
 import signal_records
 import tt_schema as tables
 from conftest import engine_with_bars, read_table, run_train
-from market import build_market
+from market import build_market, synthetic_bars
 from policy_rollout import (
     agent_policy,
     final_checkpoint,
@@ -85,6 +87,11 @@ def predict(engine: sa.Engine, *args: str) -> int:
     return run_cli(predict_mvp.main, ["--database-url", engine.url.render_as_string(hide_password=False), *args])
 
 
+def evaluate(engine: sa.Engine, *args: str) -> int:
+    url = engine.url.render_as_string(hide_password=False)
+    return run_cli(evaluate_mvp.main, ["--database-url", url, "--bootstrap-reps", "100", *args])
+
+
 def snapshot(engine: sa.Engine) -> tuple[pd.DataFrame, pd.DataFrame]:
     return read_table(engine, tables.signals), read_table(engine, tables.shadow)
 
@@ -123,6 +130,7 @@ def test_days_passing_match_the_evaluation_rollout(
         assert doc["as_of"] == day.isoformat() and doc["anchor"] == FIRST.isoformat()
         assert doc["shadow"]["days_added"] == ([] if previous is None else [day.isoformat()])
         assert set(doc["table"]) == set(SYMBOLS) and doc["notional"] == 100_000.0
+        assert doc["warnings"] == []  # ordinary days: no observation entry 4+ std devs out
         previous = day
     signals, shadow = snapshot(db)
     stored = signals.assign(as_of=[pd.Timestamp(d).date() for d in signals["as_of"]])
@@ -137,9 +145,18 @@ def test_days_passing_match_the_evaluation_rollout(
     assert shadow["signal_as_of"].notna().all()
     assert stored.abs().sum(axis=1).max() > 0  # the policy invested: the comparison says something
 
-    assert predict(db, "--shadow-report", "--bootstrap-reps", "100") == 0
+    assert evaluate(db, "--shadow", "latest") == 0
     out = capsys.readouterr().out
     assert "shadow record of run" in out and "inverse-vol" in out and f"{FIRST} .. {days[-1]}" in out
+    assert evaluate(db, "--shadow", "latest", "--json") == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["shadow"] is True and report["stored"] is False and not report["period"]["in_sample"]
+    assert (report["period"]["start"], report["period"]["end"]) == (FIRST.isoformat(), days[-1].isoformat())
+    assert set(report["policies"]) == {"agent", "cash", "buy_and_hold", "monthly_rebalanced", "inverse_vol"}
+    assert {p["metrics"]["sessions"] for p in report["policies"].values()} == {len(days) - 1}  # the same days
+    worth = shadow["net_worth"].to_numpy()
+    assert report["policies"]["agent"]["metrics"]["total_return"] == pytest.approx(worth[-1] / 100_000.0 - 1.0)
+    assert read_table(db, tables.evaluations).empty  # the shadow report stores nothing
 
 
 def test_rerun_is_idempotent_and_a_gap_is_filled_in_order(
@@ -207,8 +224,72 @@ def test_in_sample_and_earlier_sessions_are_refused(
     assert "before run" in capsys.readouterr().err
 
 
+def test_the_shadow_report_needs_a_record_and_takes_its_sessions(db: sa.Engine, capsys: pytest.CaptureFixture) -> None:
+    assert evaluate(db, "--shadow", "latest") == ExitCode.NOT_FOUND
+    assert "has no shadow record: run predict_mvp.py on two sessions first" in capsys.readouterr().err
+    assert evaluate(db, "--shadow", "latest", "--start", FIRST.isoformat()) == ExitCode.USAGE
+    assert "--shadow evaluates the sessions of the shadow record" in capsys.readouterr().err
+
+
 def test_an_as_of_date_past_the_calendar_is_a_usage_error_not_a_traceback() -> None:
     assert signal_records.last_session(dt.date(2024, 7, 6), "XNYS") == dt.date(2024, 7, 5)  # Saturday -> Friday
     with pytest.raises(UserError, match="--as-of 2099-01-01: outside the sessions") as caught:
         signal_records.last_session(dt.date(2099, 1, 1), "XNYS")
     assert caught.value.exit_code == ExitCode.USAGE
+
+
+def test_an_extreme_last_day_warns_naming_the_symbol_and_feature(
+    db: sa.Engine, sample: pd.DataFrame, capsys: pytest.CaptureFixture
+) -> None:
+    day = sessions(sample, FIRST, 3)[2]
+    jump = (sample["symbol"] == "SPY") & (sample["date"] == day)
+    bars = sample.copy()
+    bars.loc[jump, ["open", "high", "low", "close", "adj_close"]] *= 1.25  # +25% in a day: ~20 SPY daily std devs
+    ingest(db, bars, None, day)
+    assert predict(db, "--as-of", day.isoformat(), "--json") == 0
+    captured = capsys.readouterr()
+    warnings = json.loads(captured.out)["warnings"]
+    assert len(warnings) == 1 and f"warning: {warnings[0]}" in captured.err
+    # the normalized entry is clipped at checkpoints.CLIP_OBS = 5 standard deviations
+    assert f"4+ std devs from the training statistics: SPY log_ret on {day} (+5.0)" in warnings[0]
+    assert "TLT" not in warnings[0]  # only what moved is named
+    assert not snapshot(db)[0].empty  # a warning, not a refusal: the targets are stored
+
+
+def test_observation_names_follow_the_observers_layout() -> None:
+    env = make_env(synthetic_bars(2, 200, seed=2), window_size=3, return_windows=(5,))
+    env.reset(seed=0)
+    for _ in range(3):  # past the warm-up, where the observer writes 0 for the not yet defined vol_60
+        obs = env.step(np.array([0.5, -0.2], np.float32))[0]
+    names, market, t = predict_mvp.observation_names(env, env.t), env.engine.market, env.t
+    assert len(names) == len(obs) and len(set(names)) == len(names)
+    for j, symbol in enumerate(market.symbols):
+        for day in (t - 2, t):
+            on = f"on {market.date_strings[day]}"
+            assert obs[names.index(f"{symbol} log_ret {on}")] == np.float32(market.log_ret[day, j])
+            assert obs[names.index(f"{symbol} vol_60 {on}")] == np.float32(market.vol[1][day, j])
+            assert obs[names.index(f"{symbol} ret_sum_5 {on}")] == np.float32(market.ret_sum[0][day, j])
+        assert obs[names.index(f"{symbol} weight")] == np.float32(env.engine.portfolio.weights[j])
+    pf = env.engine.portfolio
+    assert obs[names.index("cash fraction")] == np.float32(pf.cash[0] / pf.net_worth[0]) > 0
+    assert obs[names.index("drawdown")] == np.float32(pf.drawdown[0])
+
+
+@pytest.mark.parametrize("action_map", ["softmax", "clip"])
+@pytest.mark.parametrize("vol_mode", ["per_asset", "portfolio"])
+def test_the_printed_vol_targeting_steps_give_the_environments_target(action_map: str, vol_mode: str) -> None:
+    env = make_env(synthetic_bars(3, 300, seed=1), action_map=action_map, vol_mode=vol_mode, max_weight=0.3)
+    env.reset(seed=0)
+    rng, config, capped, scaled_days = np.random.default_rng(0), env.config, 0, 0
+    for _ in range(30):
+        action = rng.uniform(-1.0, 1.0, 3).astype(np.float32)
+        raw, scale, target = env.engine.action_scheme.steps(action, env.t)
+        info = env.step(action)[4]
+        np.testing.assert_array_equal(target, info["target_weights"])
+        scaled = raw * scale  # the caps, applied by hand to the printed steps
+        by_hand = np.clip(scaled, -config.max_weight, config.max_weight)
+        by_hand /= max(np.abs(by_hand).sum() / config.max_gross, 1.0)
+        np.testing.assert_allclose(by_hand, target, rtol=1e-12, atol=0)
+        capped += not np.allclose(scaled, target)
+        scaled_days += not np.allclose(scale, 1.0)
+    assert capped > 0 and scaled_days > 0  # the scaling and the caps both changed the weights

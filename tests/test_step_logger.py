@@ -71,12 +71,16 @@ def test_round_trip_exact_values(engine: sa.Engine, tmp_path: Path) -> None:
     replay = np.random.default_rng(0)  # regenerate the first step's values and compare exactly
     scalars = {k: replay.normal(size=2) for k in STEP_SCALARS}
     action = replay.uniform(-1, 1, (2, N_ASSETS)).astype(np.float32)
+    weights = replay.uniform(0, 0.3, (2, N_ASSETS))
     first = frame[frame["step"] == 1].sort_values("episode")
     assert first["reward"].tolist() == scalars["reward"].tolist()
     stored_action = np.array(first["action"].map(lambda a: a if isinstance(a, list) else json.loads(a)).tolist())
     assert stored_action.astype(np.float32).tolist() == action.tolist()  # float32 actions come back exactly
     targets = np.array(first["target_weights"].map(lambda a: a if isinstance(a, list) else json.loads(a)).tolist())
-    assert targets.shape == (2, N_ASSETS) and np.all(targets >= 0)
+    if engine.dialect.name == "postgresql":  # the server's shortest exact text
+        assert targets.tolist() == weights.tolist()
+    else:  # 12 significant digits
+        np.testing.assert_allclose(targets, weights, rtol=1e-11, atol=0)
     assert str(first["date"].iloc[0]) == "2010-01-02"
     with engine.connect() as conn:
         run = conn.execute(sa.select(tables.runs)).mappings().one()
@@ -94,6 +98,43 @@ def test_write_steps_twice_stores_each_row_once(engine: sa.Engine, tmp_path: Pat
     write_steps(engine, "r2", merged)  # e.g. a commit whose reply was lost, retried
     logger.close()  # writes the same buffered rows a third time
     _expect_complete(engine, "r2", 20)
+
+
+def _chunk(**changes: Any) -> dict[str, np.ndarray]:
+    """One step of one environment as :func:`write_steps` takes it, with ``changes``."""
+    chunk = {"episode": [1], "step": [1], "date": ["2010-01-04"], "action": [[0.5, -1.0, 0.25]],
+             "target_weights": [[0.1, 0.2, 0.3]]} | {k: [1.0] for k in STEP_SCALARS}  # fmt: skip
+    return {k: np.array(v) for k, v in (chunk | changes).items()}
+
+
+@pytest.mark.postgres
+def test_postgres_stores_the_shortest_exact_json_text(pg_url: str) -> None:
+    engine = db_utils.make_engine(pg_url)
+    tables.ensure_schema(engine)
+    action = np.array([[0.1, -1.0, 0.7]], dtype=np.float32).astype(np.float64)  # as the env hands actions over
+    write_steps(engine, "r", _chunk(action=action, target_weights=np.array([[0.1, 1 / 3, 2e-5]])))
+    with engine.connect() as conn:
+        row = conn.execute(sa.text("SELECT action::text, target_weights::text, date FROM tt_steps")).one()
+    assert tuple(row) == ("[0.1,-1,0.7]", "[0.1,0.3333333333333333,2e-05]", dt.date(2010, 1, 4))
+    engine.dispose()
+
+
+@pytest.mark.parametrize("change", [{"action": [[np.nan, 0, 0]]}, {"target_weights": [[0, np.inf, 0]]}])
+def test_non_finite_arrays_are_rejected_not_stored(engine: sa.Engine, change: dict[str, Any]) -> None:
+    with pytest.raises(sa.exc.DataError, match="NaN or infinity"):  # not valid JSON, on either backend
+        write_steps(engine, "r", _chunk(**change))
+    assert _stored(engine, "r").empty
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize(("change", "fragment"), [({"episode": [2**31]}, "out of range"), ({"date": ["x"]}, "x")])
+def test_postgres_rejects_what_the_table_cannot_hold(pg_url: str, change: dict[str, Any], fragment: str) -> None:
+    engine = db_utils.make_engine(pg_url)
+    tables.ensure_schema(engine)
+    with pytest.raises(sa.exc.DataError, match=fragment):  # not wrapped around or crashing the writer thread
+        write_steps(engine, "r", _chunk(**change))
+    assert _stored(engine, "r").empty
+    engine.dispose()
 
 
 @pytest.fixture
