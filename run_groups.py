@@ -79,6 +79,19 @@ def set_group_status(engine: sa.Engine, group_id: str, status: str) -> None:
         conn.execute(tables.groups.update().where(tables.groups.c.group_id == group_id).values(status=status))
 
 
+def abandon_trial_groups(engine: sa.Engine, study: str, trial: int, error: str) -> list[str]:
+    """Mark the still-running groups of a dead worker's trial ``failed``, and their running runs with ``error``."""
+    g, r = tables.groups, tables.runs
+    with engine.begin() as conn:
+        ids = list(conn.execute(sa.select(g.c.group_id).where(g.c.study == study, g.c.trial == trial,
+                                                              g.c.status == "running")).scalars())  # fmt: skip
+        if ids:
+            conn.execute(g.update().where(g.c.group_id.in_(ids)).values(status="failed"))
+            conn.execute(r.update().where(r.c.group_id.in_(ids), r.c.status == "running")
+                         .values(status="failed", error=error, finished_at=dt.datetime.now(dt.UTC)))  # fmt: skip
+    return ids
+
+
 def find_group(engine: sa.Engine, group: str) -> GroupRecord:
     """The ``tt_groups`` record of ``group``; ``latest`` is the most recently created group.
 

@@ -19,7 +19,7 @@ import sqlalchemy as sa
 
 import tt_schema as tables
 from settings import ExitCode, UserError
-from step_logger import RETRIABLE, STEP_COLUMNS, STEP_SCALARS, first_line, item_rows, write_item
+from step_writes import RETRIABLE, STEP_COLUMNS, STEP_SCALARS, first_line, item_rows, write_item
 
 
 def _restore(record: dict[str, Any]) -> dict[str, Any]:

@@ -38,7 +38,7 @@ from settings import (
     writable_folder,
 )
 from step_fallback import load_fallback
-from step_logger import RETRIABLE
+from step_writes import RETRIABLE
 from tensortrade_risk_module import EnvConfig
 from training_run import run_training, settings_record, sigterm_as_interrupt
 from walk_forward import Fold, Window

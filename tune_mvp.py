@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime as dt
 import json
 import os
 import shlex
@@ -29,8 +28,8 @@ import numpy as np
 import sqlalchemy as sa
 
 import db_utils
+import run_groups
 import search_space
-import tt_schema as tables
 from settings import (
     REPO_ROOT,
     CommonSettings,
@@ -181,19 +180,6 @@ def worker_name() -> str:
 # ------------------------------------------------------------------------------------------------ dead workers
 
 
-def abandon_trial_groups(engine: sa.Engine, study: str, trial: int, error: str) -> list[str]:
-    """Mark the still-running groups of a dead worker's trial ``failed``, and their running runs with ``error``."""
-    g, r = tables.groups, tables.runs
-    with engine.begin() as conn:
-        ids = list(conn.execute(sa.select(g.c.group_id).where(g.c.study == study, g.c.trial == trial,
-                                                              g.c.status == "running")).scalars())  # fmt: skip
-        if ids:
-            conn.execute(g.update().where(g.c.group_id.in_(ids)).values(status="failed"))
-            conn.execute(r.update().where(r.c.group_id.in_(ids), r.c.status == "running")
-                         .values(status="failed", error=error, finished_at=dt.datetime.now(dt.UTC)))  # fmt: skip
-    return ids
-
-
 def on_dead_worker(engine: sa.Engine, max_retry: int) -> Callable[[optuna.Study, optuna.trial.FrozenTrial], None]:
     """Optuna's callback for a trial whose heartbeat went stale: close its group and runs, then re-queue it."""
     from optuna.storages import RetryHeartbeatStaleTrialCallback
@@ -204,7 +190,7 @@ def on_dead_worker(engine: sa.Engine, max_retry: int) -> Callable[[optuna.Study,
         dead = trial.user_attrs.get("worker", "unknown")
         error = (f"worker {dead} died (no heartbeat) during trial {trial.number} of study {study.study_name}; "
                  f"noticed by {worker_name()}")  # fmt: skip
-        groups = abandon_trial_groups(engine, study.study_name, trial.number, error)
+        groups = run_groups.abandon_trial_groups(engine, study.study_name, trial.number, error)
         retry(study, trial)
         requeued = len(RetryHeartbeatStaleTrialCallback.retry_history(trial)) < max_retry
         print(

@@ -38,8 +38,8 @@ LAYERS = (
     ),
     (
         "runs",
-        "checkpoints run_records step_logger step_fallback training_run ingest_log evaluation_records report_mvp "
-        "signal_records policy_rollout run_groups group_evaluation group_report",
+        "checkpoints run_records step_writes step_logger step_fallback training_run ingest_log evaluation_records "
+        "report_mvp signal_records policy_rollout run_groups group_evaluation group_report",
         "foundation core sources storage environment",
     ),
     (

@@ -22,7 +22,8 @@ import step_logger
 import tt_schema as tables
 from pg_proxy import CuttableProxy
 from step_fallback import load_fallback
-from step_logger import STEP_SCALARS, StepLogger, write_steps
+from step_logger import StepLogger
+from step_writes import STEP_SCALARS, write_steps
 
 N_ASSETS = 3
 
