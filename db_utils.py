@@ -177,8 +177,9 @@ def classify_connection_error(url: str, exc: BaseException) -> UserError:
 
 
 def raw_url(engine: sa.Engine) -> str:
-    """The engine's URL with its password: only ever for :func:`mask_secret`, :func:`scrub_secrets` and the
-    error classification below, never to be shown as it is."""
+    """The engine's URL with its password: only ever for :func:`mask_secret`, :func:`scrub_secrets`, the error
+    classification below and Optuna's ``RDBStorage`` (tune_mvp.py connects it to the same database), never to be
+    shown as it is."""
     return engine.url.render_as_string(hide_password=False)
 
 

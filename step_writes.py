@@ -159,7 +159,9 @@ def _raw_cursor(engine: sa.Engine) -> Iterator[Any]:
 
 
 def write_item(engine: sa.Engine, item: dict[str, Any]) -> None:
-    """Store one queued item (``kind`` steps, episodes or run) in its own transaction."""
+    """Store one queued item (``kind`` steps, episodes or run) in its own transaction; a run update applies only
+    while the run is ``running`` (a resumed run is set back to it first): one declared dead meanwhile
+    (``run_groups.abandon_trial_groups``) keeps its ``failed``."""
     kind = item["kind"]
     if kind == "steps":
         write_steps(engine, item["run_id"], item["chunk"])
@@ -168,7 +170,10 @@ def write_item(engine: sa.Engine, item: dict[str, Any]) -> None:
         if kind == "episodes":
             upsert_rows(conn, tables.episodes, item["rows"], ("run_id", "episode"))
         else:
-            conn.execute(tables.runs.update().where(tables.runs.c.run_id == item["run_id"]).values(**item["values"]))
+            r = tables.runs
+            conn.execute(
+                r.update().where(r.c.run_id == item["run_id"], r.c.status == "running").values(**item["values"])
+            )
 
 
 def item_rows(item: dict[str, Any]) -> int:

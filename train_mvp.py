@@ -107,10 +107,10 @@ class TrainSettings(EnvConfig, CommonSettings):
             ("net_arch", len(self.net_arch) > 0 and min(self.net_arch) >= 1, "non-empty, each >= 1"),
             ("log_std_init", math.isfinite(self.log_std_init) and abs(self.log_std_init) <= 5, "in [-5, 5]"),
             ("holdout", 0 <= self.holdout < 1, "in [0, 1): the share of sessions kept out of training"),
-            ("seed", 0 <= self.seed < 2**32, "in [0, 2**32)"),
+            ("seed", 0 <= self.seed < 2**31, "in [0, 2**31) (tt_runs.seed is a 32-bit integer)"),
             ("keep_checkpoints", self.keep_checkpoints >= 0, ">= 0"),
             ("last", self.last >= 0, ">= 0"),
-            ("seeds", 1 <= self.seeds <= 2**32 - self.seed, ">= 1, with --seed + --seeds <= 2**32"),
+            ("seeds", 1 <= self.seeds <= 2**31 - self.seed, ">= 1, with --seed + --seeds <= 2**31"),
             ("folds", self.folds >= 0, ">= 0"),
             ("test_sessions", self.test_sessions >= 2, ">= 2 (a fold is judged over at least one step)"),
             ("embargo", self.embargo >= 0, ">= 0"),
@@ -330,13 +330,18 @@ def train(engine: sa.Engine, settings: TrainSettings, member: run_groups.Member 
             env.close()  # stops the TensorTrade backend's worker processes now rather than at exit
 
 
-def plan_group(engine: sa.Engine, settings: TrainSettings) -> list[tuple[Fold | None, TrainSettings]]:
+def plan_group(
+    engine: sa.Engine, settings: TrainSettings
+) -> tuple[list[tuple[Fold | None, TrainSettings]], tuple[dt.date, dt.date] | None]:
     """Each member run's fold and settings (:func:`run_groups.plan_members`), settled before any row is written;
-    the folds span --start .. --end (no holdout: the test folds are the out-of-sample part)."""
+    the folds span --start .. --end (no holdout: the test folds are the out-of-sample part). Without folds, also
+    the test sessions pinned now: the stored sessions after the slice (:func:`run_groups.held_out_sessions`)."""
     writable_folder(settings.log_dir, "--log-dir")
     writable_folder(settings.checkpoint_dir, "--checkpoint-dir")
     whole = dataclasses.replace(settings, holdout=0.0) if settings.folds else settings
-    return run_groups.plan_members(settings, *training_slice(engine, whole, requested_symbols(settings)))
+    bars, symbols = training_slice(engine, whole, requested_symbols(settings))
+    test = None if settings.folds else run_groups.held_out_sessions(engine, bars, symbols)
+    return run_groups.plan_members(settings, bars, symbols), test
 
 
 def train_group(engine: sa.Engine, settings: TrainSettings, study: str | None = None, trial: int | None = None) -> str:
@@ -350,9 +355,9 @@ def train_group(engine: sa.Engine, settings: TrainSettings, study: str | None = 
 
 def _train_group(engine: sa.Engine, settings: TrainSettings, study: str | None, trial: int | None) -> tuple[str, int]:
     with sigterm_as_interrupt():
-        members = plan_group(engine, settings)
+        members, test = plan_group(engine, settings)
         record = settings_record(settings)
-        return run_groups.run_group(engine, record, members, lambda s, m: train(engine, s, m), study, trial)
+        return run_groups.run_group(engine, record, members, lambda s, m: train(engine, s, m), study, trial, test)
 
 
 def load_steps(engine: sa.Engine, path: Path) -> int:

@@ -251,6 +251,7 @@ def run_training(engine: sa.Engine, settings: SessionSettings, model: Any, env: 
             outcome.fail(why)
         elif why is not None:
             outcome.error = outcome.error or str(why)
+        # applied only while the row is still running (step_writes.write_item): a run a sweep declared dead stays failed
         log.update_run(status=outcome.status, finished_at=dt.datetime.now(dt.UTC), error=outcome.error)
         bar.close()
         report = log.close(timeout=30)

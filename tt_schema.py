@@ -162,7 +162,7 @@ group_curves = sa.Table(
     metadata,
     sa.Column("group_id", sa.String(64), primary_key=True),
     sa.Column("policy", sa.String(32), primary_key=True),
-    sa.Column("seed", sa.Integer, primary_key=True),  # the agent's training seed; baselines: -1
+    sa.Column("seed", sa.BigInteger, primary_key=True),  # the agent's training seed (--seed < 2**31); baselines: -1
     sa.Column("date", sa.Date, primary_key=True),
     sa.Column("fold", sa.Integer),
     sa.Column("daily_return", sa.Double, nullable=False),

@@ -14,9 +14,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
+import datetime as dt
 import os
-import shlex
 import socket
 import time
 import warnings
@@ -25,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import pandas as pd
 import sqlalchemy as sa
 
 import db_utils
@@ -40,6 +40,7 @@ from settings import (
     mask_secret,
     resolve,
     run_cli,
+    scrub_secrets,
     setting,
     writable_folder,
 )
@@ -53,11 +54,13 @@ REFUSED = {
     **dict.fromkeys(("database_url", "sqlite_path", "checkpoint_dir", "log_dir", "verbose"), _WORKERS),
     **dict.fromkeys(("resume", "show_run", "last", "load_steps", "evaluate"), "an action of train_mvp.py, not a "
                     "training setting"),
+    "backend": "sweeps train the native environment only (a group evaluation refuses TensorTrade runs)",
 }  # fmt: skip
 # Settings a space file may fix but not sample: they change what the objective measures, or select luck.
 _MEASURE = "changes the data every trial is judged on; fix it so trials stay comparable"
 NOT_SAMPLED = {
     "seed": "sampling the seed selects luck, not a configuration; fix it and use seeds: K",
+    "seeds": "the objective aggregates over the seeds; fix seeds: K so every trial aggregates as many",
     **dict.fromkeys(("symbols", "watchlist", "start", "end", "holdout", "folds", "test_sessions", "embargo"), _MEASURE),
 }
 
@@ -104,40 +107,61 @@ def parse(argv: list[str] | None) -> tuple[TuneSettings, Path | None, bool]:
 
 
 def load_space(path: Path) -> search_space.SearchSpace:
-    """The space file checked against train_mvp's settings."""
+    """The space file checked against train_mvp's settings, with walk-forward folds fixed.
+
+    :raise UserError: (USAGE) see :func:`search_space.load_space`; no fixed ``folds`` of at least 1 (a trial is
+        judged out of sample, over its folds, never on one in-sample number).
+    """
     import train_mvp
 
-    return search_space.load_space(path, train_mvp.TrainSettings, REFUSED, NOT_SAMPLED)
+    space = search_space.load_space(path, train_mvp.TrainSettings, REFUSED, NOT_SAMPLED)
+    if space.fixed.get("folds", 0) < 1:
+        raise UserError(f"space file {path}: fixed.folds: required, at least 1: each trial is judged out of sample "
+                        "on its walk-forward folds")  # fmt: skip
+    return space
 
 
-def trial_settings(space: search_space.SearchSpace, params: dict[str, Any], worker: TuneSettings) -> Any:
-    """A trial's ``TrainSettings``: defaults, the fixed and sampled settings, and this worker's database and
-    folders. Neither the environment nor ``.env`` counts, so a trial trains the same on every machine."""
+def trial_settings(space: search_space.SearchSpace, params: dict[str, Any], worker: TuneSettings,
+                   end: dt.date | None) -> Any:  # fmt: skip
+    """A trial's ``TrainSettings``: defaults, the fixed and sampled settings, the study's ``end`` and this worker's
+    database and folders. Neither the environment nor ``.env`` counts, so a trial trains the same on every
+    machine."""
     import train_mvp
 
     own = {name: getattr(worker, name) for name in ("database_url", "sqlite_path", "checkpoint_dir", "log_dir")}
-    return resolve(train_mvp.TrainSettings, {**space.values(params), **own}, environ={}, dotenv={})[0]
+    values = {**space.values(params), **({"end": end} if end is not None else {}), **own}
+    return resolve(train_mvp.TrainSettings, values, environ={}, dotenv={})[0]
 
 
-def sample(trial: optuna.Trial, dimensions: Iterable[search_space.Dimension]) -> dict[str, Any]:
-    """The trial's value of every dimension (a re-queued trial gets its original values back)."""
-    params: dict[str, Any] = {}
-    for d in dimensions:
-        if d.kind == "categorical":
-            params[d.name] = trial.suggest_categorical(d.name, d.choices)
-        elif d.kind == "int":
-            params[d.name] = trial.suggest_int(d.name, int(d.low), int(d.high), log=d.log)
-        else:
-            params[d.name] = trial.suggest_float(d.name, d.low, d.high, log=d.log)
-    return params
+def study_end(engine: sa.Engine, space: search_space.SearchSpace, worker: TuneSettings) -> dt.date:
+    """The last session of every trial: the space file's fixed ``end``, else the last session now common to its
+    symbols. Stored with the study, so that sessions ingested during a sweep move no trial's folds (trials judged
+    on other sessions would not count each other in the deflated Sharpe).
+
+    :raise UserError: (REFUSED) unknown or flagged symbols, or no session common to them (``train_mvp``).
+    """
+    import train_mvp
+
+    fixed = space.fixed.get("end")  # a date: load_space converted it
+    if fixed is not None:
+        return fixed
+    settings = trial_settings(space, {}, worker, None)
+    whole = dataclasses.replace(settings, holdout=0.0)
+    bars, symbols = train_mvp.training_slice(engine, whole, train_mvp.requested_symbols(settings))
+    per_date = bars.groupby("date")["symbol"].nunique()
+    common = per_date.index[per_date == len(symbols)]
+    if common.empty:
+        raise UserError(f"no session common to {', '.join(symbols)}: nothing to sweep over", ExitCode.REFUSED)
+    return pd.Timestamp(common.max()).date()
 
 
 class Objective:
     """What Optuna maximizes: train the trial's group, evaluate it out of sample, return its objective (the IQM of
     the agent's out-of-sample Sharpe over seeds x folds)."""
 
-    def __init__(self, engine: sa.Engine, space: search_space.SearchSpace, worker: TuneSettings) -> None:
-        self.engine, self.space, self.worker = engine, space, worker
+    def __init__(self, engine: sa.Engine, space: search_space.SearchSpace, worker: TuneSettings,
+                 end: dt.date) -> None:  # fmt: skip
+        self.engine, self.space, self.worker, self.end = engine, space, worker, end
         self.trial_number: int | None = None  # the trial this worker runs now or ran last
 
     def __call__(self, trial: optuna.Trial) -> float:
@@ -156,7 +180,8 @@ class Objective:
         seed = int(np.random.SeedSequence([self.worker.sampler_seed, trial.number]).generate_state(1)[0])
         trial.study.sampler = optuna.samplers.TPESampler(seed=seed, constant_liar=True)
         try:
-            settings = trial_settings(self.space, sample(trial, self.space.dimensions), self.worker)
+            params = search_space.sample(trial, self.space.dimensions)
+            settings = trial_settings(self.space, params, self.worker, self.end)
             group_id = train_mvp.train_group(self.engine, settings, study=self.worker.study, trial=trial.number)
             trial.set_user_attr("group_id", group_id)
             config = BootstrapConfig(reps=self.worker.bootstrap_reps)
@@ -165,10 +190,10 @@ class Objective:
             raise  # another worker declared this one dead: nothing more may be written to the trial
         except BaseException as exc:
             # an aborted trial does not use the study's budget (next_step); a dead worker's is re-queued instead
+            # shown by optuna-dashboard: a driver's message may quote the database URL, password included
             interrupted = isinstance(exc, KeyboardInterrupt)
-            trial.set_user_attr(
-                "error", "interrupted (Ctrl-C or SIGTERM)" if interrupted else f"{type(exc).__name__}: {exc}"
-            )
+            text = f"{type(exc).__name__}: {scrub_secrets(str(exc), db_utils.raw_url(self.engine))}"
+            trial.set_user_attr("error", "interrupted (Ctrl-C or SIGTERM)" if interrupted else text)
             raise
 
 
@@ -205,16 +230,13 @@ def on_dead_worker(engine: sa.Engine, max_retry: int) -> Callable[[optuna.Study,
 # ------------------------------------------------------------------------------------------------ the study
 
 
-def space_document(space: search_space.SearchSpace) -> dict[str, Any]:
-    """The space as JSON (a study user attribute): workers joining a study must bring the same space."""
-    doc = {"fixed": dict(space.fixed), "space": [dataclasses.asdict(d) for d in space.dimensions]}
-    return dict(json.loads(json.dumps(doc, default=str)))
+def open_study(engine: sa.Engine, settings: TuneSettings, space: search_space.SearchSpace) -> tuple[optuna.Study,
+               dt.date]:  # fmt: skip
+    """Create or join the study in the project's database, with heartbeats and the dead-worker callback; returns
+    it and its last session (:func:`study_end`, fixed when the study is created, read by a worker joining it).
 
-
-def open_study(engine: sa.Engine, settings: TuneSettings, space: search_space.SearchSpace) -> optuna.Study:
-    """Create or join the study in the project's database, with heartbeats and the dead-worker callback.
-
-    :raise UserError: a database error (its exit code); (USAGE) the study was created with another space.
+    :raise UserError: a database error (its exit code); (USAGE) the study was created with another space;
+        (REFUSED) see :func:`study_end`.
     """
     import optuna
 
@@ -231,15 +253,18 @@ def open_study(engine: sa.Engine, settings: TuneSettings, space: search_space.Se
         )
         study = optuna.create_study(study_name=settings.study, storage=storage, direction="maximize",
                                     load_if_exists=True)  # fmt: skip
-        doc, stored = space_document(space), study.user_attrs.get("space")
+        doc, stored, end = space.document(), study.user_attrs.get("space"), study.user_attrs.get("end")
+        if stored is not None and stored != doc:
+            raise UserError(f"study {settings.study} was created with another search space than {space.path}: use "
+                            "its space file, or another --study name")  # fmt: skip
+        if end is None:
+            end = study_end(engine, space, settings).isoformat()
+            study.set_user_attr("end", end)
         if stored is None:
             study.set_user_attr("space", doc)
     except sa.exc.SQLAlchemyError as exc:
         raise db_utils.engine_error(engine, exc) from None
-    if stored is not None and stored != doc:
-        raise UserError(f"study {settings.study} was created with another search space than {space.path}: use "
-                        "its space file, or another --study name")  # fmt: skip
-    return study
+    return study, dt.date.fromisoformat(end)
 
 
 def next_step(trials: Iterable[optuna.trial.FrozenTrial], n_trials: int) -> str:
@@ -275,12 +300,12 @@ def progress(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
           f"group {trial.user_attrs.get('group_id')}; params {trial.params}", flush=True)  # fmt: skip
 
 
-def work(study: optuna.Study, engine: sa.Engine, space: search_space.SearchSpace, settings: TuneSettings) -> None:
+def work(study: optuna.Study, run: Objective) -> None:
     """Run trials until the study's budget is spent and no trial runs anywhere (so none of a dead worker's is
     left behind)."""
     import optuna
 
-    run, waiting = Objective(engine, space, settings), False
+    settings, waiting = run.worker, False
     while True:
         optuna.storages.fail_stale_trials(study)
         step = next_step(study.get_trials(deepcopy=False), settings.n_trials)
@@ -314,21 +339,10 @@ def taken_over(study: optuna.Study, number: int | None) -> bool:
     return trial is not None and trial.state == TrialState.FAIL and "error" not in trial.user_attrs
 
 
-def train_flags(values: dict[str, Any]) -> str:
-    """``train_mvp.py`` flags that train ``values`` again."""
-    flags = []
-    for name, value in values.items():
-        flag = "--" + name.replace("_", "-")
-        if isinstance(value, bool):
-            flags.append(flag if value else "--no-" + flag[2:])
-        else:
-            text = ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
-            flags += [flag, shlex.quote(text)]
-    return " ".join(flags)
-
-
-def print_best(study: optuna.Study, space: search_space.SearchSpace) -> None:
-    """The best trial: objective, settings, group, and the commands that evaluate it and train it again."""
+def print_best(study: optuna.Study, space: search_space.SearchSpace, end: dt.date) -> None:
+    """The best trial: objective, settings, group, and the commands that evaluate it and train it again (its
+    fixed and sampled settings and the study's end; train_mvp.py's other training settings are at their defaults,
+    which neither the environment nor ``.env`` changes: they set only the database and log folder)."""
     from optuna.trial import TrialState
 
     done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
@@ -341,7 +355,8 @@ def print_best(study: optuna.Study, space: search_space.SearchSpace) -> None:
           f"{best.value:.4f}, group {group}")  # fmt: skip
     print(f"  params: {best.params}")
     print(f"  evaluate it:     python evaluate_mvp.py --group {group}")
-    print(f"  train it again:  python train_mvp.py {train_flags(space.values(best.params))}")
+    flags = search_space.train_flags({**space.values(best.params), "end": end})
+    print(f"  train it again:  python train_mvp.py {flags}   (on the same database; no --config file)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -357,17 +372,17 @@ def main(argv: list[str] | None = None) -> int:
     writable_folder(settings.checkpoint_dir, "--checkpoint-dir")
     writable_folder(settings.log_dir, "--log-dir")
     engine = db_utils.connect(settings)
-    study = open_study(engine, settings, space)
+    study, end = open_study(engine, settings, space)
     print(f"study {settings.study} on {mask_secret(db_utils.raw_url(engine))}: worker {worker_name()} joins, "
-          f"{settings.n_trials} trial(s) in total", flush=True)  # fmt: skip
+          f"{settings.n_trials} trial(s) in total, sessions up to {end}", flush=True)  # fmt: skip
     from training_run import sigterm_as_interrupt  # brings in Stable-Baselines3: after the checks above
 
     try:
         with sigterm_as_interrupt():  # SIGTERM ends a trial as Ctrl-C does: recorded, not left to the heartbeat
-            work(study, engine, space, settings)
+            work(study, Objective(engine, space, settings, end))
     except sa.exc.SQLAlchemyError as exc:  # Optuna's storage lost the database (training handles its own)
         raise db_utils.engine_error(engine, exc) from None
-    print_best(study, space)
+    print_best(study, space, end)
     return int(ExitCode.OK)
 
 

@@ -20,6 +20,7 @@ from stable_baselines3 import PPO
 import bar_store
 import evaluate_mvp as ev
 import evaluation_stats as es
+import policy_rollout
 import run_records
 import tt_schema as tables
 from market import synthetic_bars
@@ -290,7 +291,7 @@ def test_run_stored_before_the_action_map_existed_is_evaluated_as_trained() -> N
     env = {f.name: getattr(EnvConfig(), f.name) for f in dataclasses.fields(EnvConfig)}
     old = {k: v for k, v in env.items() if k not in ("action_map", "return_windows")}
     record = run_records.RunRecord("run-0", "finished", dt.datetime.now(dt.UTC), config={"env": old, "train": {}})
-    settings = ev.run_env_settings(record)
+    settings = policy_rollout.run_env_settings(record)
     assert (settings["action_map"], settings["return_windows"]) == ("clip", ())
     assert ev.run_normalizer(record, Path("final.zip")) is None  # no norm_obs recorded: raw observations
 

@@ -227,17 +227,19 @@ def test_trials_count_groups_once_and_ungrouped_runs(sqlite_group: sa.Engine, tr
     assert doc["stitched"]["deflated_sharpe"]["n_trials"] == 3 and "after 3 trials" in doc["verdict"]["text"]
 
 
-def test_a_seeds_group_is_judged_on_the_held_out_tail_as_evaluate_run_judges_a_run(
+def test_a_seeds_group_is_judged_on_its_pinned_sessions_as_evaluate_run_judges_a_run(
     sqlite_group: sa.Engine, trained: list[dict], tmp_path: Path
 ) -> None:
-    members = [{**row, "run_id": f"{row['run_id']}-s", "fold": None, "test_start": None, "test_end": None}
-               for row in trained if row["fold"] == 1]  # fmt: skip
+    # train_mvp pins a seeds group's held-out sessions at creation; the bars stored after 2012-06-29 (ingested
+    # later, say) are not judged
+    pinned = {"fold": None, "test_start": dt.date(2011, 7, 1), "test_end": dt.date(2012, 6, 29)}
+    members = [{**row, "run_id": f"{row['run_id']}-s", **pinned} for row in trained if row["fold"] == 1]
     add_group(sqlite_group, members, "seeds", kind="seeds")
     result = ge.evaluate_group(sqlite_group, "seeds", CONFIG, store=False)
     (fold,) = result.document["folds"]
-    assert (fold["fold"], fold["start"], fold["end"]) == (None, "2011-07-01", "2012-12-31")
+    assert (fold["fold"], fold["start"], fold["end"]) == (None, "2011-07-01", "2012-06-29")
     assert result.document["verdict"]["text"].startswith("agent (2 seeds x 1 fold): IQM Sharpe")
-    assert evaluate(sqlite_group, tmp_path, "--run", members[0]["run_id"]) == 0
+    assert evaluate(sqlite_group, tmp_path, "--run", members[0]["run_id"], "--end", "2012-06-29") == 0
     e = tables.evaluations
     with sqlite_group.connect() as conn:
         stored = conn.execute(sa.select(e.c.sharpe).where(e.c.policy == "agent")).scalar_one()
@@ -261,7 +263,17 @@ def test_unknown_unfinished_and_misused_groups_end_in_one_line(
         conn.execute(tables.groups.update().values(status="interrupted"))
     assert evaluate(sqlite_group, tmp_path, "--group", GROUP) == ExitCode.REFUSED
     assert f"group {GROUP} is interrupted, not finished" in capsys.readouterr().err
+    assert evaluate(sqlite_group, tmp_path, "--group", "latest") == ExitCode.NOT_FOUND  # latest: newest finished
+    assert capsys.readouterr().err.startswith("error: no finished run group in tt_groups")
     assert read_table(sqlite_group, tables.group_evaluations).empty
+
+
+def test_too_few_test_sessions_for_the_statistics_are_refused(sqlite_group: sa.Engine, trained: list[dict]) -> None:
+    short = {"fold": None, "test_start": dt.date(2011, 7, 1), "test_end": dt.date(2011, 7, 12)}  # 7 sessions
+    add_group(sqlite_group, [{**trained[2], "run_id": "short", **short}], "short", kind="seeds")
+    with pytest.raises(UserError, match=r"6 daily return\(s\), the statistics need at least 8") as caught:
+        ge.evaluate_group(sqlite_group, "short", CONFIG, store=False)
+    assert caught.value.exit_code == ExitCode.REFUSED
 
 
 def test_empty_group_and_missing_seed_are_refused(sqlite_group: sa.Engine, trained: list[dict]) -> None:

