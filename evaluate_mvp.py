@@ -40,19 +40,16 @@ from evaluation_records import overlaps_training
 from evaluation_stats import BootstrapConfig
 from market import Market
 from policy_rollout import (
-    agent_policy,
     baseline_policies,
     evaluate_policies,
     final_checkpoint,
-    load_model,
     require_native,
+    run_agent,
     run_market,
-    run_normalizer,
 )
 from run_records import RunRecord
 from settings import REPO_ROOT, CommonSettings, ExitCode, UserError, parse_command, run_cli, setting, writable_folder
 from tensortrade_risk_module import EnvConfig
-from trading_env import make_env
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,14 +115,9 @@ def evaluate_run(engine: sa.Engine, settings: EvaluateSettings) -> Path:
     market, env_settings = run_market(engine, run, start, end)
     check_out_of_sample(run, market, EnvConfig(**env_settings), settings.in_sample)
     folder = writable_folder(settings.out_dir / run.run_id, "--out-dir")
-    model = load_model(checkpoint, len(market.symbols), make_env(market, **env_settings).observation_space.shape)
-    agent = agent_policy(model, run_normalizer(run, checkpoint))
-    policies = {"agent": agent, **baseline_policies(len(market.symbols))}
+    policies = {"agent": run_agent(run, checkpoint, market, env_settings), **baseline_policies(len(market.symbols))}
     evaluation = evaluate_policies(market, env_settings, policies)
-    sharpe = float(evaluation.metrics.loc["agent", "sharpe"])
-    trials = records.count_trials(engine, run, evaluation.start, evaluation.end, sharpe)
-    stats = records.compute_statistics(evaluation, trials, BootstrapConfig(reps=settings.bootstrap_reps))
-    doc = records.document(run, evaluation, stats, trials)
+    doc = records.evaluation_document(engine, run, evaluation, BootstrapConfig(reps=settings.bootstrap_reps))
     if settings.store:
         records.store_evaluation(engine, run.run_id, evaluation, doc)
     episodes = run_records.read_episodes(engine, run.run_id)

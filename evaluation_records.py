@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -78,10 +79,25 @@ def compute_statistics(evaluation: Evaluation, trials: Trials, config: Bootstrap
     return evaluation_statistics(returns, AGENT, len(trials.run_ids), trials.sharpes, config)
 
 
-def metric_values(values: pd.Series) -> dict[str, Any]:
+def _metric_values(values: pd.Series) -> dict[str, Any]:
     """One policy's metrics with undefined or infinite values as None, counts as int."""
     clean: dict[str, Any] = {k: (float(v) if math.isfinite(v) else None) for k, v in values.items()}
     return {**clean, "days_stopped": int(values["days_stopped"]), "sessions": int(values["sessions"])}
+
+
+def statistics_sections(evaluation: Evaluation, result: Mapping[str, Any]) -> dict[str, Any]:
+    """The per-policy metrics and statistics, the comparisons, the SPA test and the deflated Sharpe of an evaluation
+    document, from its statistics made JSON-ready (``to_jsonable``): shared by run and group documents, which the
+    report reads alike."""
+    return {
+        "policies": {
+            policy: {"metrics": _metric_values(values), **result["policies"][policy]}
+            for policy, values in evaluation.metrics.iterrows()
+        },
+        "comparisons": result["comparisons"],
+        "spa": result["spa"],
+        "deflated_sharpe": result["deflated"],
+    }
 
 
 def document(run: RunRecord, evaluation: Evaluation, stats: EvaluationStatistics, trials: Trials) -> dict[str, Any]:
@@ -107,17 +123,21 @@ def document(run: RunRecord, evaluation: Evaluation, stats: EvaluationStatistics
             "training_start": run.slice_start.isoformat() if run.slice_start else None,
             "training_end": run.slice_end.isoformat() if run.slice_end else None,
         },
-        "policies": {
-            policy: {"metrics": metric_values(values), **result["policies"][policy]}
-            for policy, values in evaluation.metrics.iterrows()
-        },
-        "comparisons": result["comparisons"],
-        "spa": result["spa"],
-        "deflated_sharpe": result["deflated"],
+        **statistics_sections(evaluation, result),
         "trials": {"n_trials": len(trials.run_ids), "run_ids": list(trials.run_ids), "sharpes": list(trials.sharpes)},
         "verdict": {**verdict, "in_sample": in_sample},
         "bootstrap": {**result["config"], "block_size": result["block_size"]},
     }
+
+
+def evaluation_document(
+    engine: sa.Engine, run: RunRecord, evaluation: Evaluation, config: BootstrapConfig
+) -> dict[str, Any]:
+    """The :func:`document` of ``run``'s evaluation, its statistics computed with the trials counted from the
+    database (:func:`count_trials`, this evaluation's agent Sharpe included)."""
+    sharpe = float(evaluation.metrics.loc[AGENT, "sharpe"])
+    trials = count_trials(engine, run, evaluation.start, evaluation.end, sharpe)
+    return document(run, evaluation, compute_statistics(evaluation, trials, config), trials)
 
 
 def _row_metrics(doc: dict[str, Any], policy: str, returns: np.ndarray) -> dict[str, Any]:

@@ -42,20 +42,17 @@ from evaluation_stats import (
 )
 from metrics import Evaluation
 from policy_rollout import (
-    agent_policy,
     baseline_policies,
     evaluate_policies,
     final_checkpoint,
-    load_model,
     require_native,
+    run_agent,
     run_env_settings,
     run_market,
-    run_normalizer,
 )
 from run_records import RunRecord
 from seed_stats import improvement_interval, iqm_interval
 from settings import ExitCode, UserError
-from trading_env import make_env
 
 BASELINE_SEED = -1  # tt_group_curves.seed of a baseline: deterministic, one curve
 MONEY = ("net_worth", "cash", "fees")  # trace columns in cash units, rescaled when a fold is chained
@@ -140,11 +137,9 @@ def evaluate_fold(engine: sa.Engine, runs: dict[int, RunRecord]) -> FoldEvaluati
         if overlaps_training(run, baselines.start, baselines.end):
             raise UserError(f"run {run.run_id}: its test sessions {baselines.start} .. {baselines.end} overlap its "
                             f"training slice {run.slice_start} .. {run.slice_end}", ExitCode.REFUSED)  # fmt: skip
-    shape = make_env(market, **env_settings).observation_space.shape
     agents = {}
     for seed, run in runs.items():
-        checkpoint = final_checkpoint(run)
-        policy = agent_policy(load_model(checkpoint, len(market.symbols), shape), run_normalizer(run, checkpoint))
+        policy = run_agent(run, final_checkpoint(run), market, env_settings)
         agents[seed] = evaluate_policies(market, env_settings, {AGENT: policy})
     return FoldEvaluation(first.fold, runs, baselines, agents)
 
@@ -310,11 +305,7 @@ def _stitched_entry(stitched: Evaluation, stats: EvaluationStatistics, trials: T
     return {
         "period": {"start": stitched.start.isoformat(), "end": stitched.end.isoformat(),
                    "sessions": int(stitched.metrics["sessions"].iloc[0]), "in_sample": False},
-        "policies": {policy: {"metrics": records.metric_values(values), **result["policies"][policy]}
-                     for policy, values in stitched.metrics.iterrows()},
-        "comparisons": result["comparisons"],
-        "spa": result["spa"],
-        "deflated_sharpe": result["deflated"],
+        **records.statistics_sections(stitched, result),
         "trials": {"n_trials": len(trials.run_ids), "ids": list(trials.run_ids), "runs": n_runs,
                    "sharpes": list(trials.sharpes)},
         "verdict": result["verdict"],

@@ -107,6 +107,13 @@ def trailing_sums(log_ret: np.ndarray, window: int) -> np.ndarray:
     return sums
 
 
+def common_dates(bars: pd.DataFrame, n_symbols: int) -> pd.Index:
+    """The dates (sorted) on which ``n_symbols`` different symbols have a bar: every symbol, when ``bars`` holds
+    exactly the symbols asked for."""
+    per_date = bars.groupby("date")["symbol"].nunique()
+    return per_date.index[per_date == n_symbols]
+
+
 def build_market(bars: pd.DataFrame, config: MarketSettings) -> Market:
     """Align long-format bars into per-date arrays, with the pipeline's features.
 
@@ -119,8 +126,8 @@ def build_market(bars: pd.DataFrame, config: MarketSettings) -> Market:
     """
     frame = _validated_frame(bars)
     symbols = tuple(sorted(frame["symbol"].unique()))
-    per_date = frame.groupby("date")["symbol"].nunique()
-    common = per_date.index[per_date == len(symbols)]
+    common = common_dates(frame, len(symbols))
+    dropped = frame["date"].nunique() - len(common)
     frame = frame[frame["date"].isin(common)].sort_values(["symbol", "date"], kind="stable", ignore_index=True)
     n_dates = len(common)
     require_dates(n_dates, len(symbols), config)
@@ -143,7 +150,7 @@ def build_market(bars: pd.DataFrame, config: MarketSettings) -> Market:
         log_ret=log_ret,
         vol_windows=tuple(config.vol_windows),
         vol=tuple(grid(features[vol_column(w)]) for w in config.vol_windows),
-        dropped_dates=len(per_date) - n_dates,
+        dropped_dates=dropped,
         return_windows=tuple(config.return_windows),
         ret_sum=tuple(trailing_sums(log_ret, w) for w in config.return_windows),
     )

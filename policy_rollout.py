@@ -246,3 +246,14 @@ def run_normalizer(run: RunRecord, checkpoint: Path) -> Callable[[np.ndarray], n
     if not train.get("norm_obs", checkpoints.LEGACY_SETTINGS["norm_obs"]):
         return None
     return checkpoints.load_normalizer(checkpoint)
+
+
+def run_agent(run: RunRecord, checkpoint: Path, market: Market, env_settings: dict[str, Any]) -> Policy:
+    """The run's agent saved at ``checkpoint``, checked to fit ``market`` in the run's environment, acting through the
+    run's own observation normalization: how every command judges a trained run.
+
+    :raise UserError: as :func:`load_model` and :func:`run_normalizer`.
+    """
+    shape = make_env(market, **env_settings).observation_space.shape
+    model = load_model(checkpoint, len(market.symbols), shape)
+    return agent_policy(model, run_normalizer(run, checkpoint))

@@ -19,7 +19,7 @@ import sqlalchemy as sa
 
 import db_utils
 import tt_schema as tables
-from market import require_dates
+from market import common_dates, require_dates
 from run_records import RunRecord, new_id
 from settings import ExitCode, UserError
 from walk_forward import Fold, plan_folds
@@ -153,8 +153,7 @@ def plan_members(settings: Any, bars: pd.DataFrame, symbols: Sequence[str]) -> l
 
 def common_sessions(bars: pd.DataFrame, symbols: Sequence[str]) -> list[dt.date]:
     """The dates on which every one of ``symbols`` has a bar, in order."""
-    per_date = bars.groupby("date")["symbol"].nunique()
-    return [pd.Timestamp(d).date() for d in per_date.index[per_date == len(symbols)]]
+    return [pd.Timestamp(d).date() for d in common_dates(bars, len(symbols))]
 
 
 def held_out_sessions(engine: sa.Engine, bars: pd.DataFrame, symbols: Sequence[str]) -> tuple[dt.date, dt.date] | None:

@@ -145,7 +145,5 @@ def evaluate_shadow(engine: sa.Engine, run: RunRecord, bootstrap_reps: int) -> t
     traces = {records.AGENT: shadow_trace(shadow, anchor, config.initial_cash), **baselines.traces}
     weights = {records.AGENT: pd.DataFrame(index=traces[records.AGENT].index), **baselines.weights}
     evaluation = Evaluation.from_traces(traces, weights)
-    sharpe = float(evaluation.metrics.loc[records.AGENT, "sharpe"])
-    trials = records.count_trials(engine, run, evaluation.start, evaluation.end, sharpe)
-    stats = records.compute_statistics(evaluation, trials, BootstrapConfig(reps=bootstrap_reps))
-    return {**records.document(run, evaluation, stats, trials), "shadow": True}, evaluation
+    document = records.evaluation_document(engine, run, evaluation, BootstrapConfig(reps=bootstrap_reps))
+    return {**document, "shadow": True}, evaluation

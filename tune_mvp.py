@@ -30,6 +30,7 @@ import sqlalchemy as sa
 import db_utils
 import run_groups
 import search_space
+from market import common_dates
 from settings import (
     REPO_ROOT,
     CommonSettings,
@@ -148,8 +149,7 @@ def study_end(engine: sa.Engine, space: search_space.SearchSpace, worker: TuneSe
     settings = trial_settings(space, {}, worker, None)
     whole = dataclasses.replace(settings, holdout=0.0)
     bars, symbols = train_mvp.training_slice(engine, whole, train_mvp.requested_symbols(settings))
-    per_date = bars.groupby("date")["symbol"].nunique()
-    common = per_date.index[per_date == len(symbols)]
+    common = common_dates(bars, len(symbols))
     if common.empty:
         raise UserError(f"no session common to {', '.join(symbols)}: nothing to sweep over", ExitCode.REFUSED)
     return pd.Timestamp(common.max()).date()

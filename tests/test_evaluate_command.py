@@ -293,7 +293,7 @@ def test_run_stored_before_the_action_map_existed_is_evaluated_as_trained() -> N
     record = run_records.RunRecord("run-0", "finished", dt.datetime.now(dt.UTC), config={"env": old, "train": {}})
     settings = policy_rollout.run_env_settings(record)
     assert (settings["action_map"], settings["return_windows"]) == ("clip", ())
-    assert ev.run_normalizer(record, Path("final.zip")) is None  # no norm_obs recorded: raw observations
+    assert policy_rollout.run_normalizer(record, Path("final.zip")) is None  # no norm_obs recorded: raw observations
 
 
 def test_normalized_run_without_its_statistics_is_refused(
